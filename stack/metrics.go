@@ -1,0 +1,25 @@
+package stack
+
+import "sync/atomic"
+
+// Metrics counts what the data path did. Every field is safe for concurrent
+// use; the daemon exports them (see docs/architecture.md for the names).
+type Metrics struct {
+	TUNRxPackets   atomic.Uint64 // packets read from the device
+	TUNRxBytes     atomic.Uint64
+	TUNTxPackets   atomic.Uint64 // packets written to the device
+	TUNTxBytes     atomic.Uint64
+	TUNWriteErrors atomic.Uint64 // device writes that failed (packets lost)
+
+	TCPConnections       atomic.Uint64 // TCP connections relayed
+	TCPConnectionsActive atomic.Int64
+	TCPRefused           atomic.Uint64 // connects answered with RST (no listener, or dial failed)
+
+	UDPFlows        atomic.Uint64 // UDP flows relayed
+	UDPFlowsActive  atomic.Int64
+	UDPFlowsExpired atomic.Uint64 // flows closed after the idle timeout
+
+	ICMPEchoReplies    atomic.Uint64 // echo requests answered by the stack
+	PassthroughPackets atomic.Uint64 // packets written back to the kernel unchanged
+	DroppedPackets     atomic.Uint64 // packets read that were not IPv4, or malformed
+}

@@ -1,0 +1,52 @@
+package stack
+
+import (
+	"reflect"
+	"unsafe"
+
+	"github.com/uloop/uloop/tundev/tundevtest"
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
+	"gvisor.dev/gvisor/pkg/tcpip/checksum"
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+)
+
+// newCaptureDevice is an in-memory device whose written packets go to out.
+func newCaptureDevice(out chan<- []byte) *tundevtest.Device {
+	return tundevtest.New(65535, 16, func(p []byte) { out <- p })
+}
+
+// ipv4Packet builds an IPv4 packet with a valid header checksum.
+func ipv4Packet(src, dst [4]byte, proto tcpip.TransportProtocolNumber, payload []byte) []byte {
+	b := make([]byte, header.IPv4MinimumSize+len(payload))
+	ip := header.IPv4(b)
+	ip.Encode(&header.IPv4Fields{
+		TotalLength: uint16(len(b)),
+		TTL:         64,
+		Protocol:    uint8(proto),
+		SrcAddr:     tcpip.AddrFrom4(src),
+		DstAddr:     tcpip.AddrFrom4(dst),
+	})
+	ip.SetChecksum(^ip.CalculateChecksum())
+	copy(b[header.IPv4MinimumSize:], payload)
+	return b
+}
+
+// echoRequest builds an ICMP echo request.
+func echoRequest(src, dst [4]byte, id, seq uint16, data []byte) []byte {
+	m := make([]byte, header.ICMPv4MinimumSize+len(data))
+	h := header.ICMPv4(m)
+	h.SetType(header.ICMPv4Echo)
+	h.SetIdent(id)
+	h.SetSequence(seq)
+	copy(m[header.ICMPv4MinimumSize:], data)
+	h.SetChecksum(^checksum.Checksum(m, 0))
+	return ipv4Packet(src, dst, header.ICMPv4ProtocolNumber, m)
+}
+
+// gonetEndpoint digs the tcpip.Endpoint out of a gonet.TCPConn, which does
+// not export it, so a test can set SO_LINGER as a kernel program would.
+func gonetEndpoint(c *gonet.TCPConn) tcpip.Endpoint {
+	f := reflect.ValueOf(c).Elem().FieldByName("ep")
+	return *(*tcpip.Endpoint)(unsafe.Pointer(f.UnsafeAddr()))
+}

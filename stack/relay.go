@@ -1,0 +1,426 @@
+package stack
+
+import (
+	"bytes"
+	"log/slog"
+	"net"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
+	"gvisor.dev/gvisor/pkg/tcpip/stack"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
+	"gvisor.dev/gvisor/pkg/waiter"
+)
+
+// relayBufSize is the copy buffer of one direction of a relayed flow: large
+// enough for the biggest datagram, and for TCP a few segments per copy.
+const relayBufSize = 64 << 10
+
+// udpRcvBuf is the receive buffer of each UDP endpoint of a relayed flow.
+// gVisor's default (about 200 KiB) drops bursts of large datagrams that the
+// kernel's lo would still have room for at its wider defaults.
+const udpRcvBuf = 1 << 20
+
+// relay terminates the flows the kernel sends into the stack and carries
+// each to the local program it was meant for.
+//
+// A flow from a client at C to a server at S is accepted in the stack as
+// endpoint A (local S, remote C) and relayed over endpoint B, which the
+// stack dials from C to S through the same TUN device (the mirrored tuple).
+// The kernel sees only the client's socket and the server's, as on lo.
+type relay struct {
+	gv      *stack.Stack
+	cfg     Config
+	metrics *Metrics
+	log     *slog.Logger
+	bufs    sync.Pool
+
+	// wg counts the relay's goroutines.
+	wg sync.WaitGroup
+
+	// mu guards flows and closed.
+	mu sync.Mutex
+	// flows are the live flows, so close can end them.
+	flows  map[flow]struct{}
+	closed bool
+}
+
+// flow is a relayed TCP connection or UDP flow.
+type flow interface {
+	// abort ends the flow at once (a RST to both peers for TCP).
+	abort()
+}
+
+func newRelay(gv *stack.Stack, cfg Config) *relay {
+	r := &relay{gv: gv, cfg: cfg, metrics: cfg.Metrics, log: cfg.Logger, flows: make(map[flow]struct{})}
+	r.bufs.New = func() any { b := make([]byte, relayBufSize); return &b }
+	return r
+}
+
+// track registers f; it returns false once the relay is closing.
+func (r *relay) track(f flow) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed {
+		return false
+	}
+	r.flows[f] = struct{}{}
+	return true
+}
+
+func (r *relay) untrack(f flow) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	delete(r.flows, f)
+}
+
+// close aborts every flow and waits for the relay's goroutines.
+func (r *relay) close() {
+	r.mu.Lock()
+	r.closed = true
+	flows := make([]flow, 0, len(r.flows))
+	for f := range r.flows {
+		flows = append(flows, f)
+	}
+	r.mu.Unlock()
+	for _, f := range flows {
+		f.abort()
+	}
+	r.wg.Wait()
+}
+
+// conn is one end of a relayed flow: an endpoint and its event queue.
+type conn struct {
+	ep tcpip.Endpoint
+	wq *waiter.Queue
+}
+
+// newMirrorEndpoint creates the endpoint that dials the kernel's server on
+// behalf of the client: bound to the client's own address and port, which
+// the NIC's spoofing allows. Reuse flags let a client port that the kernel
+// shares between destinations (Linux does for connect) be bound once per
+// destination.
+func (r *relay) newMirrorEndpoint(proto tcpip.TransportProtocolNumber, client tcpip.FullAddress) (conn, tcpip.Error) {
+	wq := new(waiter.Queue)
+	ep, err := r.gv.NewEndpoint(proto, ipv4.ProtocolNumber, wq)
+	if err != nil {
+		return conn{}, err
+	}
+	ep.SocketOptions().SetReuseAddress(true)
+	ep.SocketOptions().SetReusePort(true)
+	client.NIC = TUNNIC
+	if err := ep.Bind(client); err != nil {
+		ep.Close()
+		return conn{}, err
+	}
+	return conn{ep: ep, wq: wq}, nil
+}
+
+// --- TCP ---
+
+// tcpFlow is a relayed TCP connection.
+type tcpFlow struct {
+	a, b conn // a faces the client, b the server
+}
+
+func (f *tcpFlow) abort() {
+	f.a.ep.Abort()
+	f.b.ep.Abort()
+}
+
+// handleTCP is the TCP forwarder's handler, called on its own goroutine for
+// each new SYN. It dials the server first so that a refused connect reaches
+// the client as a RST (ECONNREFUSED at once, as on lo), and only then
+// completes the client's handshake.
+func (r *relay) handleTCP(req *tcp.ForwarderRequest) {
+	id := req.ID()
+	client := tcpip.FullAddress{Addr: id.RemoteAddress, Port: id.RemotePort}
+	server := tcpip.FullAddress{NIC: TUNNIC, Addr: id.LocalAddress, Port: id.LocalPort}
+
+	b, err := r.dialTCP(client, server)
+	if err != nil {
+		r.metrics.TCPRefused.Add(1)
+		r.log.Debug("tcp connect refused", "client", fmtAddr(client), "server", fmtAddr(server), "err", err)
+		req.Complete(true)
+		return
+	}
+	aq := new(waiter.Queue)
+	aep, err := req.CreateEndpoint(aq)
+	if err != nil {
+		// The client gave up (or reset) while we dialed.
+		req.Complete(true)
+		b.ep.Abort()
+		b.ep.Close()
+		return
+	}
+	req.Complete(false)
+	f := &tcpFlow{a: conn{ep: aep, wq: aq}, b: b}
+	// The kernel peers already decided how to batch their writes; the
+	// relay forwards whatever it has at once.
+	f.a.ep.SocketOptions().SetDelayOption(false)
+	f.b.ep.SocketOptions().SetDelayOption(false)
+	if !r.track(f) {
+		f.abort()
+		f.a.ep.Close()
+		f.b.ep.Close()
+		return
+	}
+	r.metrics.TCPConnections.Add(1)
+	r.metrics.TCPConnectionsActive.Add(1)
+	r.wg.Add(2)
+	var pipes atomic.Int32
+	pipes.Store(2)
+	done := func() {
+		// Close only when both directions are finished: after a
+		// half-close the other direction goes on.
+		if pipes.Add(-1) == 0 {
+			f.a.ep.Close()
+			f.b.ep.Close()
+			r.untrack(f)
+			r.metrics.TCPConnectionsActive.Add(-1)
+		}
+		r.wg.Done()
+	}
+	go func() { defer done(); r.pipeTCP(f, f.a, f.b) }()
+	go func() { defer done(); r.pipeTCP(f, f.b, f.a) }()
+}
+
+// dialTCP connects from the client's address to the server through the TUN
+// device and waits for the kernel to answer.
+func (r *relay) dialTCP(client, server tcpip.FullAddress) (conn, tcpip.Error) {
+	c, err := r.newMirrorEndpoint(tcp.ProtocolNumber, client)
+	if err != nil {
+		return conn{}, err
+	}
+	entry, ready := waiter.NewChannelEntry(waiter.WritableEvents | waiter.EventHUp | waiter.EventErr)
+	c.wq.EventRegister(&entry)
+	defer c.wq.EventUnregister(&entry)
+	err = c.ep.Connect(server)
+	if _, ok := err.(*tcpip.ErrConnectStarted); ok {
+		timer := time.NewTimer(r.cfg.DialTimeout)
+		select {
+		case <-ready:
+			err = c.ep.LastError()
+		case <-timer.C:
+			err = &tcpip.ErrTimeout{}
+		}
+		timer.Stop()
+	}
+	if err != nil {
+		c.ep.Abort()
+		c.ep.Close()
+		return conn{}, err
+	}
+	return c, nil
+}
+
+// pipeTCP copies src to dst until src's peer closes its write side (then it
+// shuts dst's write side, carrying the half-close) or either side fails
+// (then it aborts the flow, so a RST on one side becomes a RST on the other).
+func (r *relay) pipeTCP(f *tcpFlow, src, dst conn) {
+	inEntry, readable := waiter.NewChannelEntry(waiter.ReadableEvents | waiter.EventHUp | waiter.EventErr)
+	src.wq.EventRegister(&inEntry)
+	defer src.wq.EventUnregister(&inEntry)
+	outEntry, writable := waiter.NewChannelEntry(waiter.WritableEvents | waiter.EventHUp | waiter.EventErr)
+	dst.wq.EventRegister(&outEntry)
+	defer dst.wq.EventUnregister(&outEntry)
+
+	bp := r.bufs.Get().(*[]byte)
+	defer r.bufs.Put(bp)
+	var rd bytes.Reader
+	for {
+		w := tcpip.SliceWriter(*bp)
+		res, err := src.ep.Read(&w, tcpip.ReadOptions{})
+		switch err.(type) {
+		case nil:
+		case *tcpip.ErrWouldBlock:
+			<-readable
+			continue
+		case *tcpip.ErrClosedForReceive:
+			dst.ep.Shutdown(tcpip.ShutdownWrite)
+			return
+		default:
+			f.abort()
+			return
+		}
+		data := (*bp)[:res.Count]
+		for len(data) > 0 {
+			rd.Reset(data)
+			n, err := dst.ep.Write(&rd, tcpip.WriteOptions{})
+			data = data[n:]
+			switch err.(type) {
+			case nil:
+			case *tcpip.ErrWouldBlock:
+				<-writable
+			default:
+				f.abort()
+				return
+			}
+		}
+	}
+}
+
+// --- UDP ---
+
+// udpFlow is a relayed UDP flow; it ends after cfg.UDPIdleTimeout without a
+// datagram in either direction.
+type udpFlow struct {
+	a, b     conn
+	lastSeen time.Time
+	// mu guards lastSeen and ended.
+	mu    sync.Mutex
+	ended bool
+	timer *time.Timer
+}
+
+func (f *udpFlow) touch() {
+	f.mu.Lock()
+	f.lastSeen = time.Now()
+	f.mu.Unlock()
+}
+
+// end closes both endpoints once; it reports whether this call did.
+func (f *udpFlow) end() bool {
+	f.mu.Lock()
+	if f.ended {
+		f.mu.Unlock()
+		return false
+	}
+	f.ended = true
+	f.mu.Unlock()
+	f.timer.Stop()
+	f.a.ep.Close()
+	f.b.ep.Close()
+	return true
+}
+
+func (f *udpFlow) abort() { f.end() }
+
+// handleUDPPacket is the stack's handler for UDP packets that match no
+// endpoint: the first datagram of each new flow. It does what
+// udp.Forwarder.HandlePacket does minus its extra Clone of the packet, which
+// nothing ever releases (CreateEndpoint clones it again for the receive
+// queue), and which gVisor's leak checker reports once per flow.
+func (r *relay) handleUDPPacket(id stack.TransportEndpointID, pkt *stack.PacketBuffer) bool {
+	return r.handleUDP(udp.NewForwarderRequest(r.gv, id, pkt))
+}
+
+// handleUDP is the UDP forwarder's handler, called inline for the first
+// datagram of each flow; it must not block. Returning true keeps the stack
+// from answering with an ICMP error of its own: if the kernel has no
+// listener, it answers the relayed datagram itself, and that ICMP error
+// passes back to the client unchanged.
+func (r *relay) handleUDP(req *udp.ForwarderRequest) bool {
+	id := req.ID()
+	client := tcpip.FullAddress{Addr: id.RemoteAddress, Port: id.RemotePort}
+	server := tcpip.FullAddress{NIC: TUNNIC, Addr: id.LocalAddress, Port: id.LocalPort}
+
+	b, err := r.newMirrorEndpoint(udp.ProtocolNumber, client)
+	if err == nil {
+		if err = b.ep.Connect(server); err != nil {
+			b.ep.Close()
+		}
+	}
+	if err != nil {
+		r.metrics.DroppedPackets.Add(1)
+		r.log.Debug("udp flow not relayed", "client", fmtAddr(client), "server", fmtAddr(server), "err", err)
+		return true
+	}
+	// Register the pipes before CreateEndpoint delivers the first datagram.
+	aq := new(waiter.Queue)
+	aep, err := req.CreateEndpoint(aq)
+	if err != nil {
+		b.ep.Close()
+		r.metrics.DroppedPackets.Add(1)
+		r.log.Debug("udp flow not accepted", "client", fmtAddr(client), "server", fmtAddr(server), "err", err)
+		return true
+	}
+	f := &udpFlow{a: conn{ep: aep, wq: aq}, b: b, lastSeen: time.Now()}
+	for _, c := range []conn{f.a, f.b} {
+		c.ep.SocketOptions().SetReceiveBufferSize(udpRcvBuf, true)
+	}
+	f.timer = time.AfterFunc(r.cfg.UDPIdleTimeout, func() { r.expireUDP(f) })
+	if !r.track(f) {
+		f.end()
+		return true
+	}
+	r.metrics.UDPFlows.Add(1)
+	r.metrics.UDPFlowsActive.Add(1)
+	r.wg.Add(2)
+	var once sync.Once
+	done := func() {
+		// Either pipe stops only when the flow ended (idle timeout or
+		// relay close); the first to stop does the bookkeeping.
+		once.Do(func() {
+			f.end()
+			r.untrack(f)
+			r.metrics.UDPFlowsActive.Add(-1)
+		})
+		r.wg.Done()
+	}
+	go func() { defer done(); r.pipeUDP(f, f.a, f.b) }()
+	go func() { defer done(); r.pipeUDP(f, f.b, f.a) }()
+	return true
+}
+
+// expireUDP ends f if it has been idle for the timeout, or re-arms the
+// timer for the rest of it.
+func (r *relay) expireUDP(f *udpFlow) {
+	f.mu.Lock()
+	idle := time.Since(f.lastSeen)
+	f.mu.Unlock()
+	if left := r.cfg.UDPIdleTimeout - idle; left > 0 {
+		f.timer.Reset(left)
+		return
+	}
+	if f.end() {
+		r.metrics.UDPFlowsExpired.Add(1)
+	}
+}
+
+// pipeUDP copies datagrams from src to dst, one Write per datagram so that
+// boundaries are kept, until the flow ends.
+func (r *relay) pipeUDP(f *udpFlow, src, dst conn) {
+	inEntry, readable := waiter.NewChannelEntry(waiter.ReadableEvents | waiter.EventHUp | waiter.EventErr)
+	src.wq.EventRegister(&inEntry)
+	defer src.wq.EventUnregister(&inEntry)
+
+	bp := r.bufs.Get().(*[]byte)
+	defer r.bufs.Put(bp)
+	var rd bytes.Reader
+	for {
+		w := tcpip.SliceWriter(*bp)
+		res, err := src.ep.Read(&w, tcpip.ReadOptions{})
+		switch err.(type) {
+		case nil:
+		case *tcpip.ErrWouldBlock:
+			<-readable
+			continue
+		case *tcpip.ErrClosedForReceive, *tcpip.ErrInvalidEndpointState:
+			return
+		case *tcpip.ErrConnectionRefused:
+			// An ICMP error that reached the endpoint does not end the
+			// flow, as it does not end a connected kernel socket.
+			continue
+		default:
+			r.log.Debug("udp relay read failed", "err", err)
+			f.end()
+			return
+		}
+		f.touch()
+		rd.Reset((*bp)[:res.Count])
+		// Like any UDP sender, drop the datagram if it does not fit now.
+		if _, err := dst.ep.Write(&rd, tcpip.WriteOptions{}); err != nil {
+			r.metrics.DroppedPackets.Add(1)
+		}
+	}
+}
+
+func fmtAddr(a tcpip.FullAddress) string {
+	return net.JoinHostPort(a.Addr.String(), strconv.Itoa(int(a.Port)))
+}

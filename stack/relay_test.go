@@ -1,0 +1,349 @@
+package stack
+
+import (
+	"bytes"
+	"crypto/rand"
+	"io"
+	"net"
+	"testing"
+	"time"
+
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
+	"gvisor.dev/gvisor/pkg/tcpip/network/ipv6"
+)
+
+func addr4(a, b, c, d byte, port uint16) tcpip.FullAddress {
+	return tcpip.FullAddress{Addr: tcpip.AddrFrom4([4]byte{a, b, c, d}), Port: port}
+}
+
+// TestTCPRelay: a client and a server of the fake kernel talk through the
+// relay, each seeing the other's true address, and the bytes arrive intact
+// in both directions, including after a half-close.
+func TestTCPRelay(t *testing.T) {
+	for _, tt := range []struct {
+		name   string
+		listen tcpip.FullAddress
+		dial   tcpip.FullAddress
+	}{
+		{"127.0.0.1", addr4(127, 0, 0, 1, 8000), addr4(127, 0, 0, 1, 8000)},
+		{"127.5.5.5 via wildcard listener", tcpip.FullAddress{Port: 8001}, addr4(127, 5, 5, 5, 8001)},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			k := newFakeKernel(t, 65535)
+			s := newTestStack(t, k, Config{})
+			ln, err := gonet.ListenTCP(k.gv, tt.listen, ipv4.ProtocolNumber)
+			if err != nil {
+				t.Fatalf("listen: %v", err)
+			}
+			defer ln.Close()
+
+			payload := make([]byte, 3<<20)
+			rand.Read(payload)
+			type result struct {
+				got    []byte
+				remote net.Addr
+				local  net.Addr
+				err    error
+			}
+			srv := make(chan result, 1)
+			go func() {
+				c, err := ln.Accept()
+				if err != nil {
+					srv <- result{err: err}
+					return
+				}
+				defer c.Close()
+				got, err := io.ReadAll(c) // until the client's half-close
+				if err == nil {
+					_, err = c.Write([]byte("bye"))
+				}
+				srv <- result{got: got, remote: c.RemoteAddr(), local: c.LocalAddr(), err: err}
+			}()
+
+			c, err := gonet.DialTCP(k.gv, tt.dial, ipv4.ProtocolNumber)
+			if err != nil {
+				t.Fatalf("dial: %v", err)
+			}
+			defer c.Close()
+			if _, err := c.Write(payload); err != nil {
+				t.Fatalf("write: %v", err)
+			}
+			if err := c.CloseWrite(); err != nil {
+				t.Fatalf("CloseWrite: %v", err)
+			}
+			reply, err := io.ReadAll(c)
+			if err != nil {
+				t.Fatalf("client read: %v", err)
+			}
+			r := <-srv
+			if r.err != nil {
+				t.Fatalf("server: %v", r.err)
+			}
+			if !bytes.Equal(r.got, payload) {
+				t.Errorf("server got %d bytes, want the %d sent", len(r.got), len(payload))
+			}
+			if string(reply) != "bye" {
+				t.Errorf("client got %q after half-close, want %q", reply, "bye")
+			}
+			if r.remote.String() != c.LocalAddr().String() || r.local.String() != c.RemoteAddr().String() {
+				t.Errorf("server sees %v -> %v, want %v -> %v", r.remote, r.local, c.LocalAddr(), c.RemoteAddr())
+			}
+			if got := s.Metrics().TCPConnections.Load(); got != 1 {
+				t.Errorf("TCPConnections = %d, want 1", got)
+			}
+		})
+	}
+}
+
+// TestTCPRefused: with no listener the client's connect fails with
+// "connection refused" at once, not by timeout.
+func TestTCPRefused(t *testing.T) {
+	k := newFakeKernel(t, 65535)
+	s := newTestStack(t, k, Config{})
+	start := time.Now()
+	_, err := gonet.DialTCP(k.gv, addr4(127, 0, 0, 1, 9), ipv4.ProtocolNumber)
+	if err == nil || !bytes.Contains([]byte(err.Error()), []byte("refused")) {
+		t.Fatalf("dial error = %v, want connection refused", err)
+	}
+	if d := time.Since(start); d > time.Second {
+		t.Errorf("refusal took %v, want well under a second", d)
+	}
+	if got := s.Metrics().TCPRefused.Load(); got != 1 {
+		t.Errorf("TCPRefused = %d, want 1", got)
+	}
+}
+
+// TestTCPReset: an abortive close on one side reaches the other as a reset.
+func TestTCPReset(t *testing.T) {
+	k := newFakeKernel(t, 65535)
+	newTestStack(t, k, Config{})
+	ln, err := gonet.ListenTCP(k.gv, addr4(127, 0, 0, 1, 8002), ipv4.ProtocolNumber)
+	if err != nil {
+		t.Fatalf("listen: %v", err)
+	}
+	defer ln.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, _ := ln.Accept()
+		accepted <- c
+	}()
+	c, err := gonet.DialTCP(k.gv, addr4(127, 0, 0, 1, 8002), ipv4.ProtocolNumber)
+	if err != nil {
+		t.Fatalf("dial: %v", err)
+	}
+	sc := <-accepted
+	if sc == nil {
+		t.Fatal("accept failed")
+	}
+	defer sc.Close()
+	// gonet has no SO_LINGER; Abort is what linger 0 does.
+	abortGonet(t, c)
+	sc.SetReadDeadline(time.Now().Add(5 * time.Second))
+	_, err = sc.Read(make([]byte, 1))
+	if err == nil || !bytes.Contains([]byte(err.Error()), []byte("reset")) {
+		t.Fatalf("server read error = %v, want connection reset", err)
+	}
+}
+
+func abortGonet(t *testing.T, c *gonet.TCPConn) {
+	t.Helper()
+	// SetLinger(0) then Close sends a RST, as close(2) does with SO_LINGER 0.
+	ep := gonetEndpoint(c)
+	ep.SocketOptions().SetLinger(tcpip.LingerOption{Enabled: true, Timeout: 0})
+	ep.Close()
+}
+
+// TestUDPRelay: datagrams of every size keep their boundaries and the
+// server sees the client's own address.
+func TestUDPRelay(t *testing.T) {
+	k := newFakeKernel(t, 65535)
+	s := newTestStack(t, k, Config{})
+	srv, err := gonet.DialUDP(k.gv, &tcpip.FullAddress{Addr: tcpip.AddrFrom4([4]byte{127, 0, 0, 1}), Port: 5300}, nil, ipv4.ProtocolNumber)
+	if err != nil {
+		t.Fatalf("server: %v", err)
+	}
+	defer srv.Close()
+	cl, err := gonet.DialUDP(k.gv, nil, &tcpip.FullAddress{Addr: tcpip.AddrFrom4([4]byte{127, 0, 0, 1}), Port: 5300}, ipv4.ProtocolNumber)
+	if err != nil {
+		t.Fatalf("client: %v", err)
+	}
+	defer cl.Close()
+	buf := make([]byte, 65536)
+	for _, size := range []int{1, 1400, 32768, 65507} {
+		msg := bytes.Repeat([]byte{byte(size)}, size)
+		if _, err := cl.Write(msg); err != nil {
+			t.Fatalf("client write %d: %v", size, err)
+		}
+		srv.SetReadDeadline(time.Now().Add(5 * time.Second))
+		n, from, err := srv.ReadFrom(buf)
+		if err != nil {
+			t.Fatalf("server read %d: %v", size, err)
+		}
+		if n != size || !bytes.Equal(buf[:n], msg) {
+			t.Fatalf("server got %d bytes, want %d", n, size)
+		}
+		if from.String() != cl.LocalAddr().String() {
+			t.Errorf("server sees sender %v, want %v", from, cl.LocalAddr())
+		}
+		if _, err := srv.WriteTo(msg, from); err != nil {
+			t.Fatalf("server write: %v", err)
+		}
+		cl.SetReadDeadline(time.Now().Add(5 * time.Second))
+		n, err = cl.Read(buf)
+		if err != nil || n != size {
+			t.Fatalf("client read: %d bytes, %v; want %d", n, err, size)
+		}
+	}
+	if got := s.Metrics().UDPFlows.Load(); got != 1 {
+		t.Errorf("UDPFlows = %d, want 1", got)
+	}
+}
+
+// TestUDPIdleExpiry: an idle flow is closed after the timeout, and the same
+// client socket then starts a new flow that works.
+func TestUDPIdleExpiry(t *testing.T) {
+	k := newFakeKernel(t, 65535)
+	s := newTestStack(t, k, Config{UDPIdleTimeout: 200 * time.Millisecond})
+	srv, err := gonet.DialUDP(k.gv, &tcpip.FullAddress{Addr: tcpip.AddrFrom4([4]byte{127, 0, 0, 1}), Port: 5301}, nil, ipv4.ProtocolNumber)
+	if err != nil {
+		t.Fatalf("server: %v", err)
+	}
+	defer srv.Close()
+	cl, err := gonet.DialUDP(k.gv, nil, &tcpip.FullAddress{Addr: tcpip.AddrFrom4([4]byte{127, 0, 0, 1}), Port: 5301}, ipv4.ProtocolNumber)
+	if err != nil {
+		t.Fatalf("client: %v", err)
+	}
+	defer cl.Close()
+	buf := make([]byte, 16)
+	for i := 0; i < 2; i++ {
+		if _, err := cl.Write([]byte("x")); err != nil {
+			t.Fatal(err)
+		}
+		srv.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, _, err := srv.ReadFrom(buf); err != nil {
+			t.Fatalf("round %d: server read: %v", i, err)
+		}
+		deadline := time.Now().Add(5 * time.Second)
+		for s.Metrics().UDPFlowsActive.Load() != 0 && time.Now().Before(deadline) {
+			time.Sleep(20 * time.Millisecond)
+		}
+		if got := s.Metrics().UDPFlowsExpired.Load(); got != uint64(i+1) {
+			t.Fatalf("round %d: UDPFlowsExpired = %d, want %d", i, got, i+1)
+		}
+	}
+}
+
+// TestEchoAnyAddress: echo requests to any 127/8 address are answered by
+// the stack, with the addresses swapped and the data intact.
+func TestEchoAnyAddress(t *testing.T) {
+	out := make(chan []byte, 8)
+	dev := newCaptureDevice(out)
+	s, err := New(Config{Device: dev})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	for _, dst := range [][4]byte{{127, 0, 0, 1}, {127, 9, 8, 7}} {
+		data := bytes.Repeat([]byte("ping"), 1000)
+		dev.Inject(echoRequest([4]byte{127, 0, 0, 1}, dst, 42, 7, data))
+		select {
+		case p := <-out:
+			ip := header.IPv4(p)
+			icmpHdr := header.ICMPv4(ip.Payload())
+			if ip.SourceAddress() != tcpip.AddrFrom4(dst) || ip.DestinationAddress() != tcpip.AddrFrom4([4]byte{127, 0, 0, 1}) {
+				t.Errorf("reply %v -> %v, want %v -> 127.0.0.1", ip.SourceAddress(), ip.DestinationAddress(), tcpip.AddrFrom4(dst))
+			}
+			if icmpHdr.Type() != header.ICMPv4EchoReply || icmpHdr.Ident() != 42 || icmpHdr.Sequence() != 7 {
+				t.Errorf("reply type %d id %d seq %d, want echo reply id 42 seq 7", icmpHdr.Type(), icmpHdr.Ident(), icmpHdr.Sequence())
+			}
+			if !bytes.Equal(icmpHdr.Payload(), data) {
+				t.Errorf("reply data differs from request")
+			}
+			if !ip.IsChecksumValid() {
+				t.Errorf("reply IP checksum invalid")
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("no echo reply for %v", dst)
+		}
+	}
+	if got := s.Metrics().ICMPEchoReplies.Load(); got != 2 {
+		t.Errorf("ICMPEchoReplies = %d, want 2", got)
+	}
+}
+
+// TestPassthrough: packets the stack has no business with (an unassigned
+// protocol, an ICMP error) go back to the kernel byte for byte.
+func TestPassthrough(t *testing.T) {
+	out := make(chan []byte, 8)
+	dev := newCaptureDevice(out)
+	s, err := New(Config{Device: dev})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	unreach := ipv4Packet([4]byte{127, 0, 0, 1}, [4]byte{127, 0, 0, 1}, header.ICMPv4ProtocolNumber,
+		append([]byte{byte(header.ICMPv4DstUnreachable), byte(header.ICMPv4PortUnreachable), 0, 0, 0, 0, 0, 0}, make([]byte, 28)...))
+	for _, tt := range []struct {
+		name string
+		pkt  []byte
+	}{
+		{"protocol 253", ipv4Packet([4]byte{127, 0, 0, 1}, [4]byte{127, 0, 0, 2}, 253, []byte("experimental"))},
+		{"ICMP port unreachable", unreach},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			dev.Inject(tt.pkt)
+			select {
+			case p := <-out:
+				if !bytes.Equal(p, tt.pkt) {
+					t.Errorf("got % x, want % x", p, tt.pkt)
+				}
+			case <-time.After(5 * time.Second):
+				t.Fatal("packet not passed through")
+			}
+		})
+	}
+	if got := s.Metrics().PassthroughPackets.Load(); got != 2 {
+		t.Errorf("PassthroughPackets = %d, want 2", got)
+	}
+}
+
+// TestIPv6LoopbackInStack: endpoints that live in the stack talk over [::1].
+func TestIPv6LoopbackInStack(t *testing.T) {
+	k := newFakeKernel(t, 65535)
+	s := newTestStack(t, k, Config{})
+	ln, err := gonet.ListenTCP(s.GVisor(), tcpip.FullAddress{Addr: header.IPv6Loopback, Port: 80}, ipv6.ProtocolNumber)
+	if err != nil {
+		t.Fatalf("listen [::1]:80: %v", err)
+	}
+	defer ln.Close()
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		io.Copy(c, c)
+	}()
+	c, err := gonet.DialTCP(s.GVisor(), tcpip.FullAddress{Addr: header.IPv6Loopback, Port: 80}, ipv6.ProtocolNumber)
+	if err != nil {
+		t.Fatalf("dial [::1]:80: %v", err)
+	}
+	defer c.Close()
+	if _, err := c.Write([]byte("hello over ::1")); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, len("hello over ::1"))
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.ReadFull(c, got); err != nil {
+		t.Fatalf("read: %v", err)
+	}
+	if string(got) != "hello over ::1" {
+		t.Errorf("got %q, want %q", got, "hello over ::1")
+	}
+	if c.RemoteAddr().String() != "[::1]:80" {
+		t.Errorf("remote address %v, want [::1]:80", c.RemoteAddr())
+	}
+}

@@ -1,0 +1,199 @@
+// Package stack is uloop's userspace network stack: a gVisor TCP/IP stack
+// joined to a TUN device, which terminates every TCP connection and UDP flow
+// that a local program opens to 127.0.0.0/8, relays it to the local program
+// listening there by opening the mirrored connection back through the same
+// device, and answers ICMP echo itself.
+package stack
+
+import (
+	"bytes"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/uloop/uloop/tundev"
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+	"gvisor.dev/gvisor/pkg/tcpip/link/loopback"
+	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
+	"gvisor.dev/gvisor/pkg/tcpip/network/ipv6"
+	"gvisor.dev/gvisor/pkg/tcpip/stack"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/icmp"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
+)
+
+const (
+	// TUNNIC is the stack's NIC for the TUN device.
+	TUNNIC tcpip.NICID = 1
+	// LoopbackNIC is the stack's own loopback NIC, which holds ::1 for
+	// endpoints that live inside the stack.
+	LoopbackNIC tcpip.NICID = 2
+)
+
+// Buffer sizes of every TCP endpoint in the stack. A relayed connection has
+// two endpoints, and per direction holds at most one receive buffer, one
+// send buffer and one relay copy buffer: with these values at most
+// 2 * (4 MiB + 4 MiB + 64 KiB) per connection, whatever the peers do.
+const (
+	tcpBufferDefault = 1 << 20
+	tcpBufferMax     = 4 << 20
+)
+
+// Config configures a Stack.
+type Config struct {
+	// Device carries the packets; the stack owns it and closes it on Close.
+	Device tundev.Device
+	// Metrics receives the counters; nil makes a new one.
+	Metrics *Metrics
+	// Logger gets per-flow debug lines and unexpected errors; nil discards.
+	Logger *slog.Logger
+	// UDPIdleTimeout closes a UDP flow after no datagram in either
+	// direction for this long. Zero means DefaultUDPIdleTimeout.
+	UDPIdleTimeout time.Duration
+	// DialTimeout bounds how long a relayed TCP connect waits for the
+	// kernel's listener to answer before the client gets a RST. Zero means
+	// DefaultDialTimeout.
+	DialTimeout time.Duration
+	// MaxInFlight is how many TCP connects may be dialing at once; SYNs
+	// past it are dropped (the client retransmits). Zero means
+	// DefaultMaxInFlight.
+	MaxInFlight int
+}
+
+// Defaults for Config.
+const (
+	DefaultUDPIdleTimeout = 60 * time.Second
+	DefaultDialTimeout    = 20 * time.Second
+	DefaultMaxInFlight    = 1024
+)
+
+// Stack is a running gVisor stack on a TUN device.
+type Stack struct {
+	gv      *stack.Stack
+	link    *LinkEndpoint
+	metrics *Metrics
+	relay   *relay
+}
+
+// New builds the stack on cfg.Device and starts reading from it.
+func New(cfg Config) (*Stack, error) {
+	if cfg.Metrics == nil {
+		cfg.Metrics = new(Metrics)
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.UDPIdleTimeout == 0 {
+		cfg.UDPIdleTimeout = DefaultUDPIdleTimeout
+	}
+	if cfg.DialTimeout == 0 {
+		cfg.DialTimeout = DefaultDialTimeout
+	}
+	if cfg.MaxInFlight == 0 {
+		cfg.MaxInFlight = DefaultMaxInFlight
+	}
+
+	gv := stack.New(stack.Options{
+		NetworkProtocols: []stack.NetworkProtocolFactory{
+			// gVisor drops 127/8 and ::1 on a NIC that is not loopback
+			// unless told otherwise; here that is all the traffic there is.
+			ipv4.NewProtocolWithOptions(ipv4.Options{AllowExternalLoopbackTraffic: true}),
+			ipv6.NewProtocolWithOptions(ipv6.Options{AllowExternalLoopbackTraffic: true}),
+		},
+		TransportProtocols: []stack.TransportProtocolFactory{
+			tcp.NewProtocol, udp.NewProtocol, icmp.NewProtocol4, icmp.NewProtocol6,
+		},
+		// The stack dials the kernel from and to addresses it also accepts
+		// on (the mirrored tuple). HandleLocal would loop those packets
+		// inside the stack instead of sending them out through the TUN,
+		// and would drop inbound packets whose source is a stack address.
+		HandleLocal: false,
+	})
+	s := &Stack{gv: gv, metrics: cfg.Metrics}
+	fail := func(what string, err tcpip.Error) (*Stack, error) {
+		gv.Close()
+		gv.Wait()
+		return nil, fmt.Errorf("%s: %v", what, err)
+	}
+
+	if err := setTCPOptions(gv); err != nil {
+		return fail("setting TCP options", err)
+	}
+
+	s.link = NewLinkEndpoint(cfg.Device, cfg.Metrics)
+	if err := gv.CreateNICWithOptions(TUNNIC, s.link, stack.NICOptions{Name: cfg.Device.Name()}); err != nil {
+		return fail("creating TUN NIC", err)
+	}
+	// Promiscuous: accept packets to any 127/8 address without assigning
+	// 16 million addresses. Spoofing: send (and bind) from any address, so
+	// the relay can dial the kernel from the client's own address and port.
+	if err := gv.SetPromiscuousMode(TUNNIC, true); err != nil {
+		return fail("enabling promiscuous mode", err)
+	}
+	if err := gv.SetSpoofing(TUNNIC, true); err != nil {
+		return fail("enabling spoofing", err)
+	}
+
+	if err := gv.CreateNICWithOptions(LoopbackNIC, loopback.New(), stack.NICOptions{Name: "lo"}); err != nil {
+		return fail("creating loopback NIC", err)
+	}
+	if err := gv.AddProtocolAddress(LoopbackNIC, tcpip.ProtocolAddress{
+		Protocol:          ipv6.ProtocolNumber,
+		AddressWithPrefix: tcpip.AddressWithPrefix{Address: header.IPv6Loopback, PrefixLen: 128},
+	}, stack.AddressProperties{}); err != nil {
+		return fail("adding ::1", err)
+	}
+
+	v4, _ := tcpip.NewSubnet(tcpip.AddrFrom4([4]byte{127, 0, 0, 0}), tcpip.MaskFromBytes([]byte{255, 0, 0, 0}))
+	v6, _ := tcpip.NewSubnet(header.IPv6Loopback, tcpip.MaskFromBytes(bytes.Repeat([]byte{0xff}, 16)))
+	gv.SetRouteTable([]tcpip.Route{
+		{Destination: v4, NIC: TUNNIC},
+		{Destination: v6, NIC: LoopbackNIC},
+	})
+
+	s.relay = newRelay(gv, cfg)
+	gv.SetTransportProtocolHandler(tcp.ProtocolNumber, tcp.NewForwarder(gv, 0, cfg.MaxInFlight, s.relay.handleTCP).HandlePacket)
+	gv.SetTransportProtocolHandler(udp.ProtocolNumber, s.relay.handleUDPPacket)
+	gv.SetTransportProtocolHandler(icmp.ProtocolNumber4, s.relay.handleEcho)
+	return s, nil
+}
+
+// setTCPOptions turns on what fast peers use (SACK, receive-buffer
+// auto-tuning) and sets the buffer bounds that the per-connection memory
+// bound rests on.
+func setTCPOptions(gv *stack.Stack) tcpip.Error {
+	sack := tcpip.TCPSACKEnabled(true)
+	moderate := tcpip.TCPModerateReceiveBufferOption(true)
+	rcv := tcpip.TCPReceiveBufferSizeRangeOption{Min: 4096, Default: tcpBufferDefault, Max: tcpBufferMax}
+	snd := tcpip.TCPSendBufferSizeRangeOption{Min: 4096, Default: tcpBufferDefault, Max: tcpBufferMax}
+	for _, opt := range []tcpip.SettableTransportProtocolOption{&sack, &moderate, &rcv, &snd} {
+		if err := gv.SetTransportProtocolOption(tcp.ProtocolNumber, opt); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// GVisor returns the underlying gVisor stack, for endpoints that live in the
+// stack itself (such as tests over [::1]).
+func (s *Stack) GVisor() *stack.Stack { return s.gv }
+
+// Metrics returns the stack's counters.
+func (s *Stack) Metrics() *Metrics { return s.metrics }
+
+// Done is closed when the stack stops reading from its device: after Close,
+// or because the device failed; Err then says why.
+func (s *Stack) Done() <-chan struct{} { return s.link.Done() }
+
+// Err is the device error that stopped the stack, or nil.
+func (s *Stack) Err() error { return s.link.Err() }
+
+// Close resets every relayed connection, closes the device and waits for
+// the stack's goroutines.
+func (s *Stack) Close() {
+	s.relay.close()
+	s.gv.Close()
+	s.link.Close()
+	s.gv.Wait()
+}
