@@ -36,11 +36,6 @@ type LinkEndpoint struct {
 	mtu     uint32
 	metrics *Metrics
 
-	// writeBufs pools batches of contiguous write buffers: wireguard-go's
-	// Write takes one []byte per packet, so an outgoing packet, whose headers
-	// and payload live in separate views, is copied once into one of these.
-	writeBufs sync.Pool
-
 	// done is closed when the reader goroutine exits.
 	done chan struct{}
 
@@ -54,21 +49,14 @@ type LinkEndpoint struct {
 	readErr error
 }
 
-var _ stack.LinkEndpoint = (*LinkEndpoint)(nil)
+var (
+	_ stack.LinkEndpoint = (*LinkEndpoint)(nil)
+	_ stack.GSOEndpoint  = (*LinkEndpoint)(nil)
+)
 
 // NewLinkEndpoint returns an endpoint for dev. The reader starts on Attach.
 func NewLinkEndpoint(dev tundev.Device, m *Metrics) *LinkEndpoint {
-	e := &LinkEndpoint{dev: dev, mtu: uint32(dev.MTU()), metrics: m, done: make(chan struct{})}
-	batch := dev.BatchSize()
-	size := tundev.WriteOffset + dev.MTU()
-	e.writeBufs.New = func() any {
-		bufs := make([][]byte, batch)
-		for i := range bufs {
-			bufs[i] = make([]byte, size)
-		}
-		return &bufs
-	}
-	return e
+	return &LinkEndpoint{dev: dev, mtu: uint32(dev.MTU()), metrics: m, done: make(chan struct{})}
 }
 
 // Done is closed when the reader goroutine has stopped, after Close or
@@ -100,12 +88,27 @@ func (*LinkEndpoint) LinkAddress() tcpip.LinkAddress { return "" }
 func (*LinkEndpoint) SetLinkAddress(tcpip.LinkAddress) {}
 
 // Capabilities implements stack.LinkEndpoint.Capabilities. No checksum
-// offload: wireguard-go writes a zero virtio header for packets it does not
-// coalesce, so the kernel expects complete checksums, and on the way in
-// gVisor's own check is what turns a corrupt packet into a counted drop.
+// offload: on the way in, gVisor's own check is what turns a corrupt packet
+// into a counted drop; on the way out, TCP segments leave the checksum to
+// the kernel through GSO (see SupportedGSO), and what else the stack sends
+// (handshakes, UDP, ICMP) is small or rare enough to checksum here.
 func (*LinkEndpoint) Capabilities() stack.LinkEndpointCapabilities {
 	return stack.CapabilityNone
 }
+
+// SupportedGSO implements stack.GSOEndpoint.SupportedGSO. With host GSO,
+// gVisor's TCP hands over segments of up to GSOMaxSize bytes carrying only
+// the pseudo-header checksum, and the virtio-net header tells the kernel so
+// (CHECKSUM_PARTIAL). For local delivery the kernel then neither checksums
+// nor segments them: no one computes a checksum over the payload at all.
+func (*LinkEndpoint) SupportedGSO() stack.SupportedGSO { return stack.HostGSOSupported }
+
+// GSOMaxSize implements stack.GSOEndpoint.GSOMaxSize: the largest IPv4
+// packet, which is also what an skb from a TUN write may hold.
+func (*LinkEndpoint) GSOMaxSize() uint32 { return maxIPv4PacketSize }
+
+// maxIPv4PacketSize is the largest IPv4 packet: TotalLength is 16 bits.
+const maxIPv4PacketSize = 1<<16 - 1
 
 // ARPHardwareType implements stack.LinkEndpoint.ARPHardwareType.
 func (*LinkEndpoint) ARPHardwareType() header.ARPHardwareType { return header.ARPHardwareNone }
@@ -217,17 +220,57 @@ func (e *LinkEndpoint) deliver(d stack.NetworkDispatcher, v *buffer.View) {
 	e.metrics.TUNRxBytes.Add(uint64(len(pkt)))
 	switch classify(pkt) {
 	case toStack:
-		pb := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buffer.MakeWithView(v)})
+		pb := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: splitHeaders(v)})
 		d.DeliverNetworkPacket(header.IPv4ProtocolNumber, pb)
 		pb.DecRef()
 	case passThrough:
 		e.metrics.PassthroughPackets.Add(1)
-		e.writeRaw(pkt)
+		e.write(tundev.VirtioNetHdr{}, [][]byte{pkt})
 		v.Release()
 	default:
 		e.metrics.DroppedPackets.Add(1)
 		v.Release()
 	}
+}
+
+// splitHeaders returns the packet in v as a buffer whose first view holds a
+// copy of the IP and transport headers and whose second is v itself,
+// trimmed to the rest. gVisor parses headers with Buffer.PullUp, which
+// copies the whole chunk when the view is shared (copy on write), and TCP
+// shares every inbound packet's views when it clones the packet into a
+// segment: with headers and data in one 64 KiB chunk, that would copy all of
+// it for every segment. Copying only the headers keeps the data zero-copy.
+func splitHeaders(v *buffer.View) buffer.Buffer {
+	pkt := v.AsSlice()
+	n := min(headersLen(pkt), len(pkt))
+	if n == len(pkt) {
+		return buffer.MakeWithView(v)
+	}
+	b := buffer.MakeWithView(buffer.NewViewWithData(pkt[:n]))
+	v.TrimFront(n)
+	b.Append(v)
+	return b
+}
+
+// headersLen is the length of the IPv4 and transport headers at the start
+// of pkt, as far as it can tell; gVisor checks them properly.
+func headersLen(pkt []byte) int {
+	ip := header.IPv4(pkt)
+	n := int(ip.HeaderLength())
+	if ip.FragmentOffset() != 0 {
+		return n
+	}
+	switch ip.TransportProtocol() {
+	case header.TCPProtocolNumber:
+		if len(pkt) >= n+header.TCPMinimumSize {
+			n += int(header.TCP(pkt[n:]).DataOffset())
+		}
+	case header.UDPProtocolNumber:
+		n += header.UDPMinimumSize
+	case header.ICMPv4ProtocolNumber:
+		n += header.ICMPv4MinimumSize
+	}
+	return n
 }
 
 type verdict int
@@ -274,55 +317,64 @@ func classify(pkt []byte) verdict {
 	}
 }
 
-// writeRaw writes one packet back to the device unchanged.
-func (e *LinkEndpoint) writeRaw(pkt []byte) {
-	bp := e.writeBufs.Get().(*[][]byte)
-	defer e.writeBufs.Put(bp)
-	buf := (*bp)[0]
-	n := copy(buf[tundev.WriteOffset:], pkt)
-	if _, err := e.dev.Write([][]byte{buf[:tundev.WriteOffset+n]}, tundev.WriteOffset); err != nil {
+// write writes one packet to the device and counts it.
+func (e *LinkEndpoint) write(vnet tundev.VirtioNetHdr, pkt [][]byte) error {
+	if err := e.dev.WritePacket(vnet, pkt); err != nil {
 		e.metrics.TUNWriteErrors.Add(1)
-		return
+		return err
+	}
+	n := 0
+	for _, s := range pkt {
+		n += len(s)
 	}
 	e.metrics.TUNTxPackets.Add(1)
 	e.metrics.TUNTxBytes.Add(uint64(n))
+	return nil
 }
 
-// WritePackets implements stack.LinkEndpoint.WritePackets. Each packet is
-// copied once into a contiguous buffer (wireguard-go writes one []byte per
-// packet) and the batch goes to the device in one call, which lets it
-// coalesce consecutive TCP segments.
+// WritePackets implements stack.LinkEndpoint.WritePackets: each packet goes
+// to the device as the list of views it already is (writev), with a
+// virtio-net header built from its GSO options.
 func (e *LinkEndpoint) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error) {
-	bp := e.writeBufs.Get().(*[][]byte)
-	defer e.writeBufs.Put(bp)
-	all := pkts.AsSlice()
-	written := 0
-	for len(all) > 0 {
-		n := min(len(all), len(*bp))
-		bufs := make([][]byte, 0, n)
-		var bytes uint64
-		for i, pkt := range all[:n] {
-			buf := (*bp)[i][:cap((*bp)[i])]
-			off := tundev.WriteOffset
-			for _, s := range pkt.AsSlices() {
-				off += copy(buf[off:], s)
-			}
-			bytes += uint64(off - tundev.WriteOffset)
-			bufs = append(bufs, buf[:off])
-		}
-		if _, err := e.dev.Write(bufs, tundev.WriteOffset); err != nil {
-			e.metrics.TUNWriteErrors.Add(1)
+	n := 0
+	for _, pkt := range pkts.AsSlice() {
+		if err := e.write(vnetHdr(pkt), pkt.AsSlices()); err != nil {
 			if errors.Is(err, os.ErrClosed) {
-				return written, &tcpip.ErrClosedForSend{}
+				if n == 0 {
+					return 0, &tcpip.ErrClosedForSend{}
+				}
+				break
 			}
-			// A failed write loses packets as a full queue would; TCP
-			// retransmits. Report the batch as written so the stack does
-			// not also count it.
+			// Any other failure (ENOBUFS, say) loses the packet as a full
+			// queue would; TCP retransmits.
 		}
-		e.metrics.TUNTxPackets.Add(uint64(n))
-		e.metrics.TUNTxBytes.Add(bytes)
-		written += n
-		all = all[n:]
+		n++
 	}
-	return written, nil
+	return n, nil
+}
+
+// vnetHdr says what the kernel has to do to pkt, as gVisor's fdbased
+// endpoint does for a tap device, except that a TUN device carries no
+// link header, so the checksum starts right after the IP header.
+func vnetHdr(pkt *stack.PacketBuffer) tundev.VirtioNetHdr {
+	gso := pkt.GSOOptions
+	if gso.Type == stack.GSONone {
+		return tundev.VirtioNetHdr{}
+	}
+	h := tundev.VirtioNetHdr{HdrLen: uint16(pkt.HeaderSize())}
+	if gso.NeedsCsum {
+		h.Flags = tundev.VirtioNetHdrFNeedsCsum
+		h.CsumStart = gso.L3HdrLen
+		h.CsumOffset = gso.CsumOffset
+	}
+	if pkt.Data().Size() > int(gso.MSS) {
+		switch gso.Type {
+		case stack.GSOTCPv4:
+			h.GSOType = tundev.VirtioNetHdrGSOTCPv4
+		case stack.GSOTCPv6:
+			h.GSOType = tundev.VirtioNetHdrGSOTCPv6
+		}
+		h.GSOSize = gso.MSS
+	}
+	return h
 }

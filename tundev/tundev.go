@@ -6,7 +6,10 @@
 // split from a GSO super-packet and one Write can coalesce TCP segments (GRO).
 package tundev
 
-import "errors"
+import (
+	"encoding/binary"
+	"errors"
+)
 
 const (
 	// DefaultName is the name uloopd gives its device.
@@ -15,9 +18,9 @@ const (
 	// 64 KiB segments directly, which cuts per-packet costs about 40x
 	// compared with 1500.
 	DefaultMTU = 65535
-	// WriteOffset is the headroom that every buffer passed to Write must have
-	// in front of the packet: the virtio-net header is written there.
-	WriteOffset = 10
+	// VirtioNetHdrLen is the size of the header that precedes every packet
+	// on a TUN device opened with IFF_VNET_HDR.
+	VirtioNetHdrLen = 10
 )
 
 // Device is a batched packet device. It is the subset of wireguard-go's
@@ -30,11 +33,11 @@ type Device interface {
 	// the number of packets read. After Close it returns an error wrapping
 	// os.ErrClosed.
 	Read(bufs [][]byte, sizes []int, offset int) (n int, err error)
-	// Write writes the packets bufs[i][offset:]. offset must be at least
-	// WriteOffset, and the bytes before offset may be overwritten. Write may
-	// coalesce packets, so buffers may need spare capacity after the packet
-	// (cap >= offset+MTU()). Safe for concurrent use.
-	Write(bufs [][]byte, offset int) (int, error)
+	// WritePacket writes one packet, the concatenation of pkt, preceded by
+	// vnet, which tells the kernel what it still has to do to the packet
+	// (complete its checksum, treat it as a GSO super-packet). The packet
+	// is not copied in user space. Safe for concurrent use.
+	WritePacket(vnet VirtioNetHdr, pkt [][]byte) error
 	// BatchSize is the most packets one Read returns or one Write should
 	// get. It does not change over the life of a Device.
 	BatchSize() int
@@ -49,3 +52,37 @@ type Device interface {
 
 // ErrExists is returned by Create when an interface of that name exists.
 var ErrExists = errors.New("device already exists")
+
+// VirtioNetHdr is struct virtio_net_hdr (linux/virtio_net.h): how a packet
+// written to the device is to be checksummed and segmented. The zero value
+// means a complete packet with a valid checksum.
+type VirtioNetHdr struct {
+	Flags      uint8  // VirtioNetHdrFNeedsCsum or 0
+	GSOType    uint8  // VirtioNetHdrGSONone, VirtioNetHdrGSOTCPv4, ...
+	HdrLen     uint16 // length of the headers, for GSO
+	GSOSize    uint16 // segment payload size (MSS), for GSO
+	CsumStart  uint16 // offset where checksumming starts (the L4 header)
+	CsumOffset uint16 // offset of the checksum field from CsumStart
+}
+
+// Values of VirtioNetHdr fields, from linux/virtio_net.h.
+const (
+	VirtioNetHdrFNeedsCsum = 1
+	VirtioNetHdrGSONone    = 0
+	VirtioNetHdrGSOTCPv4   = 1
+	VirtioNetHdrGSOTCPv6   = 4
+)
+
+// Marshal writes h into b, which must hold VirtioNetHdrLen bytes. The
+// fields are little-endian (virtio 1.0; the kernel's TUN assumes so unless
+// TUNSETVNETBE says otherwise, which is only ever needed for legacy
+// big-endian guests).
+func (h VirtioNetHdr) Marshal(b []byte) {
+	_ = b[VirtioNetHdrLen-1]
+	b[0] = h.Flags
+	b[1] = h.GSOType
+	binary.LittleEndian.PutUint16(b[2:], h.HdrLen)
+	binary.LittleEndian.PutUint16(b[4:], h.GSOSize)
+	binary.LittleEndian.PutUint16(b[6:], h.CsumStart)
+	binary.LittleEndian.PutUint16(b[8:], h.CsumOffset)
+}

@@ -1,17 +1,28 @@
 package tundev
 
 import (
+	"errors"
 	"fmt"
 	"net"
+	"os"
+	"syscall"
 
+	"golang.org/x/sys/unix"
 	"golang.zx2c4.com/wireguard/tun"
 )
 
-// kernelDevice is a kernel TUN device opened through wireguard-go.
+// kernelDevice is a kernel TUN device opened through wireguard-go. Reads go
+// through wireguard-go, which splits GSO super-packets and completes partial
+// checksums; writes bypass it with writev(2) on the same descriptor, so an
+// outgoing packet made of several buffers (gVisor keeps headers and payload
+// apart) reaches the kernel without being flattened first. wireguard-go's
+// own Write needs one contiguous buffer per packet and also issues one
+// write(2) per packet: the kernel's TUN has no batched write.
 type kernelDevice struct {
 	tun.Device
 	name string
 	mtu  int
+	raw  syscall.RawConn
 }
 
 var _ Device = (*kernelDevice)(nil)
@@ -28,7 +39,12 @@ func Create(name string, mtu int) (Device, error) {
 	if err != nil {
 		return nil, fmt.Errorf("creating TUN device %s: %w", name, err)
 	}
-	d := &kernelDevice{Device: dev, name: name, mtu: mtu}
+	raw, err := dev.File().SyscallConn()
+	if err != nil {
+		dev.Close()
+		return nil, fmt.Errorf("TUN device %s: %w", name, err)
+	}
+	d := &kernelDevice{Device: dev, name: name, mtu: mtu, raw: raw}
 	// wireguard-go reports link up/down and MTU changes on a small buffered
 	// channel; nobody here needs them, but an unread channel would block its
 	// netlink listener goroutine forever.
@@ -44,3 +60,24 @@ func (d *kernelDevice) MTU() int { return d.mtu }
 
 // Name implements Device.Name.
 func (d *kernelDevice) Name() string { return d.name }
+
+// WritePacket implements Device.WritePacket.
+func (d *kernelDevice) WritePacket(vnet VirtioNetHdr, pkt [][]byte) error {
+	var hdr [VirtioNetHdrLen]byte
+	vnet.Marshal(hdr[:])
+	var iovs [8][]byte
+	iov := append(append(iovs[:0], hdr[:]), pkt...)
+	var werr error
+	err := d.raw.Write(func(fd uintptr) bool {
+		_, werr = unix.Writev(int(fd), iov)
+		return werr != unix.EAGAIN
+	})
+	if err == nil {
+		err = werr
+	}
+	if errors.Is(err, unix.EBADFD) {
+		// The device was deleted under us (ip link del).
+		return os.ErrClosed
+	}
+	return err
+}

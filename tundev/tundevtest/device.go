@@ -4,11 +4,13 @@
 package tundevtest
 
 import (
+	"encoding/binary"
 	"fmt"
 	"os"
 	"sync"
 
 	"github.com/uloop/uloop/tundev"
+	"gvisor.dev/gvisor/pkg/tcpip/checksum"
 )
 
 // Device is an in-memory tundev.Device.
@@ -25,7 +27,7 @@ type Device struct {
 var _ tundev.Device = (*Device)(nil)
 
 // New returns a device with the given MTU and batch size. deliver receives
-// a copy of every packet written to the device; it may be called from
+// every packet written to the device, in a buffer of its own; it may be called from
 // several goroutines at once.
 func New(mtu, batch int, deliver func(pkt []byte)) *Device {
 	return &Device{mtu: mtu, batch: batch, in: make(chan []byte, 1024), deliver: deliver, closed: make(chan struct{})}
@@ -68,20 +70,28 @@ func (d *Device) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 	}
 }
 
-// Write implements tundev.Device.Write.
-func (d *Device) Write(bufs [][]byte, offset int) (int, error) {
-	if offset < tundev.WriteOffset {
-		return 0, fmt.Errorf("tundevtest: offset %d < %d", offset, tundev.WriteOffset)
-	}
+// WritePacket implements tundev.Device.WritePacket. Like a NIC, it
+// completes a partial checksum (VirtioNetHdrFNeedsCsum) before delivering.
+func (d *Device) WritePacket(vnet tundev.VirtioNetHdr, pkt [][]byte) error {
 	select {
 	case <-d.closed:
-		return 0, os.ErrClosed
+		return os.ErrClosed
 	default:
 	}
-	for _, b := range bufs {
-		d.deliver(append([]byte(nil), b[offset:]...))
+	var p []byte
+	for _, s := range pkt {
+		p = append(p, s...)
 	}
-	return len(bufs), nil
+	if vnet.Flags&tundev.VirtioNetHdrFNeedsCsum != 0 {
+		start, field := int(vnet.CsumStart), int(vnet.CsumStart)+int(vnet.CsumOffset)
+		if field+2 > len(p) {
+			return fmt.Errorf("tundevtest: checksum field at %d beyond %d-byte packet", field, len(p))
+		}
+		// The field holds the pseudo-header sum; fold in the rest.
+		binary.BigEndian.PutUint16(p[field:], ^checksum.Checksum(p[start:], 0))
+	}
+	d.deliver(p)
+	return nil
 }
 
 // BatchSize implements tundev.Device.BatchSize.
