@@ -1,0 +1,158 @@
+// Command uloopd is uloop's daemon: it takes over the IPv4 loopback block
+// (127.0.0.0/8, or part of it) of the network namespace it runs in and
+// carries every packet through a userspace TCP/IP stack.
+//
+//	ip netns exec NS uloopd            # take over 127.0.0.0/8 in NS
+//	uloopd --netns NS                  # the same, from outside NS
+//	uloopd --prefix 127.77.0.0/16      # only part of the block
+//	uloopd --cleanup                   # remove what a killed uloopd left
+//
+// It logs a line containing "ready" once the data path answers (and sends
+// READY=1 to systemd when NOTIFY_SOCKET is set), and on SIGINT or SIGTERM
+// undoes every change it made.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/uloop/uloop/route"
+	"github.com/uloop/uloop/stack"
+	"github.com/uloop/uloop/tundev"
+)
+
+type options struct {
+	netns        string
+	dev          string
+	mtu          int
+	prefix       string
+	udpTimeout   time.Duration
+	cleanup      bool
+	logLevel     string
+	controlGroup int
+}
+
+func main() {
+	var o options
+	flag.StringVar(&o.netns, "netns", "", "take over loopback in the named network namespace (/run/netns/NAME) instead of the current one")
+	flag.StringVar(&o.dev, "dev", tundev.DefaultName, "name of the TUN device to create")
+	flag.IntVar(&o.mtu, "mtu", tundev.DefaultMTU, "MTU of the TUN device")
+	flag.StringVar(&o.prefix, "prefix", "127.0.0.0/8", "part of 127.0.0.0/8 to take over; the rest stays on the kernel's lo")
+	flag.DurationVar(&o.udpTimeout, "udp-timeout", stack.DefaultUDPIdleTimeout, "close a relayed UDP flow after this long without a datagram")
+	flag.BoolVar(&o.cleanup, "cleanup", false, "remove the rules, routes and device a killed uloopd left, then exit")
+	flag.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
+	flag.IntVar(&o.controlGroup, "control-group", -1, "numeric group that may use the control socket besides root")
+	flag.Parse()
+
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(o.logLevel)); err != nil {
+		fmt.Fprintf(os.Stderr, "uloopd: bad --log-level: %v\n", err)
+		os.Exit(2)
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	if err := run(o, log); err != nil {
+		log.Error("uloopd failed", "err", err)
+		os.Exit(1)
+	}
+}
+
+func run(o options, log *slog.Logger) error {
+	if os.Geteuid() != 0 {
+		return errors.New("uloopd must run as root: it creates a TUN device and changes routing (CAP_NET_ADMIN)")
+	}
+	if o.netns != "" {
+		// Does not return on success: the process continues, re-executed,
+		// inside the namespace.
+		return reexecInNetns(o.netns)
+	}
+	prefix, err := netip.ParsePrefix(o.prefix)
+	if err != nil {
+		return fmt.Errorf("bad --prefix: %w", err)
+	}
+	rcfg := route.Config{Device: o.dev, Prefix: prefix.Masked()}
+	if err := rcfg.Validate(); err != nil {
+		return err
+	}
+	if o.cleanup {
+		if err := route.Cleanup(rcfg); err != nil {
+			return fmt.Errorf("cleanup: %w", err)
+		}
+		log.Info("cleanup done", "dev", o.dev, "prefix", rcfg.Prefix)
+		return nil
+	}
+	return serve(o, rcfg, log)
+}
+
+// serve runs the data path until a signal or a device failure. Each step it
+// takes is undone, in reverse order, on every way out.
+func serve(o options, rcfg route.Config, log *slog.Logger) (err error) {
+	// The control socket is taken first: it is also the lock that keeps a
+	// second uloopd out of this namespace before it touches anything.
+	ctl, err := listenControl(o.controlGroup)
+	if err != nil {
+		return err
+	}
+	defer ctl.Close()
+
+	dev, err := tundev.Create(o.dev, o.mtu)
+	if err != nil {
+		return err
+	}
+	metrics := new(stack.Metrics)
+	st, err := stack.New(stack.Config{
+		Device:         dev,
+		Metrics:        metrics,
+		Logger:         log,
+		UDPIdleTimeout: o.udpTimeout,
+	})
+	if err != nil {
+		dev.Close()
+		return err
+	}
+	takeover, err := route.Apply(rcfg)
+	if err != nil {
+		st.Close()
+		return err
+	}
+	defer func() {
+		if uerr := takeover.Undo(); uerr != nil {
+			err = errors.Join(err, fmt.Errorf("restoring host state: %w", uerr))
+		} else {
+			log.Info("host state restored")
+		}
+	}()
+	// Close the stack before the routes are restored (defers run last in,
+	// first out): it resets every relayed connection while the TUN still
+	// carries the resets. Once the routes are gone the kernel would deliver
+	// the two peers' packets to each other directly, with sequence numbers
+	// neither knows.
+	defer st.Close()
+
+	go serveControl(ctl, metrics, log)
+
+	if err := probe(rcfg.Prefix, metrics); err != nil {
+		return fmt.Errorf("data path does not answer: %w", err)
+	}
+	log.Info("uloopd ready", "dev", o.dev, "mtu", o.mtu, "prefix", rcfg.Prefix, "udp_timeout", o.udpTimeout)
+	if err := notifySystemd("READY=1"); err != nil {
+		log.Warn("telling systemd we are ready", "err", err)
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	select {
+	case <-ctx.Done():
+		log.Info("stopping", "reason", "signal")
+		return nil
+	case <-st.Done():
+		return fmt.Errorf("TUN device %s failed: %w", o.dev, st.Err())
+	}
+}

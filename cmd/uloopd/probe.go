@@ -1,0 +1,51 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"time"
+
+	"github.com/uloop/uloop/stack"
+)
+
+// probe proves the data path answers: it connects a kernel socket to a
+// kernel listener on the first address of the prefix and checks that the
+// stack relayed the connection, so "ready" means packets cross the TUN, the
+// stack and the relay, not merely that setup calls returned.
+func probe(prefix netip.Prefix, m *stack.Metrics) error {
+	addr := prefix.Addr().Next()
+	ln, err := net.Listen("tcp4", netip.AddrPortFrom(addr, 0).String())
+	if err != nil {
+		return fmt.Errorf("probe listener: %w", err)
+	}
+	defer ln.Close()
+	before := m.TCPConnections.Load()
+	accepted := make(chan error, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err == nil {
+			_, err = c.Write([]byte{1})
+			c.Close()
+		}
+		accepted <- err
+	}()
+	c, err := net.DialTimeout("tcp4", ln.Addr().String(), 5*time.Second)
+	if err != nil {
+		return fmt.Errorf("probe connect: %w", err)
+	}
+	defer c.Close()
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	var b [1]byte
+	if _, err := c.Read(b[:]); err != nil {
+		return fmt.Errorf("probe read: %w", err)
+	}
+	if err := <-accepted; err != nil {
+		return fmt.Errorf("probe accept: %w", err)
+	}
+	if m.TCPConnections.Load() == before {
+		return errors.New("probe connection did not go through the stack (check the routing rules)")
+	}
+	return nil
+}
