@@ -19,7 +19,7 @@ import (
 
 // relayBufSize is the copy buffer of one direction of a relayed flow: large
 // enough for the biggest datagram, and for TCP a few segments per copy.
-const relayBufSize = 64 << 10
+const relayBufSize = 256 << 10
 
 // udpRcvBuf is the receive buffer of each UDP endpoint of a relayed flow.
 // gVisor's default (about 200 KiB) drops bursts of large datagrams that the
