@@ -7,6 +7,7 @@ import (
 	"os"
 	"syscall"
 
+	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 	"golang.zx2c4.com/wireguard/tun"
 )
@@ -38,6 +39,10 @@ func Create(name string, mtu int) (Device, error) {
 	dev, err := tun.CreateTUN(name, mtu)
 	if err != nil {
 		return nil, fmt.Errorf("creating TUN device %s: %w", name, err)
+	}
+	if err := setTxQueueLen(name, TxQueueLen); err != nil {
+		dev.Close()
+		return nil, err
 	}
 	raw, err := dev.File().SyscallConn()
 	if err != nil {
@@ -80,4 +85,17 @@ func (d *kernelDevice) WritePacket(vnet VirtioNetHdr, pkt [][]byte) error {
 		return os.ErrClosed
 	}
 	return err
+}
+
+// setTxQueueLen sets how many packets the kernel queues for the device
+// before dropping them. Equivalent to: ip link set NAME txqueuelen N.
+func setTxQueueLen(name string, n int) error {
+	link, err := netlink.LinkByName(name)
+	if err != nil {
+		return fmt.Errorf("TUN device %s: %w", name, err)
+	}
+	if err := netlink.LinkSetTxQLen(link, n); err != nil {
+		return fmt.Errorf("setting txqueuelen of %s: %w", name, err)
+	}
+	return nil
 }

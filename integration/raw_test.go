@@ -1,0 +1,127 @@
+package integration
+
+import (
+	"bytes"
+	"fmt"
+	"net"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// protoExperimental is IP protocol 253, reserved for experimentation (RFC
+// 3692): no kernel handler, so only raw sockets see it.
+const protoExperimental = 253
+
+// TestRawProtocol: packets of a protocol uloopd does not terminate reach raw
+// sockets as on lo (the daemon hands them back to the kernel unchanged).
+func TestRawProtocol(t *testing.T) {
+	bothModes(t, func(t *testing.T, e *env) {
+		for _, dst := range []string{"127.0.0.1", "127.9.8.7"} {
+			t.Run(dst, func(t *testing.T) {
+				before := e.snapshot(t)
+				rx, tx := -1, -1
+				err := e.ns.do(func() (err error) {
+					if rx, err = syscall.Socket(syscall.AF_INET, syscall.SOCK_RAW, protoExperimental); err != nil {
+						return err
+					}
+					tx, err = syscall.Socket(syscall.AF_INET, syscall.SOCK_RAW, protoExperimental)
+					return err
+				})
+				if rx >= 0 {
+					defer syscall.Close(rx)
+				}
+				if tx >= 0 {
+					defer syscall.Close(tx)
+				}
+				if err != nil {
+					t.Fatalf("raw socket, protocol %d: %v", protoExperimental, err)
+				}
+				tv := syscall.NsecToTimeval((200 * time.Millisecond).Nanoseconds())
+				if err := syscall.SetsockoptTimeval(rx, syscall.SOL_SOCKET, syscall.SO_RCVTIMEO, &tv); err != nil {
+					t.Fatal(err)
+				}
+
+				payload := []byte(fmt.Sprintf("uloop raw %d to %s", time.Now().UnixNano(), dst))
+				to := &syscall.SockaddrInet4{}
+				copy(to.Addr[:], net.ParseIP(dst).To4())
+				if err := syscall.Sendto(tx, payload, 0, to); err != nil {
+					t.Fatalf("sendto %s: %v", dst, err)
+				}
+
+				// An IPv4 raw socket reads the IP header too. Other protocol-253
+				// packets (none expected) are skipped.
+				buf := make([]byte, 2048)
+				deadline := time.Now().Add(5 * time.Second)
+				for {
+					n, _, err := syscall.Recvfrom(rx, buf, 0)
+					if err == syscall.EAGAIN || err == syscall.EINTR {
+						if time.Now().After(deadline) {
+							t.Fatalf("raw socket: no protocol %d packet to %s within 5s, want the one sent", protoExperimental, dst)
+						}
+						continue
+					}
+					if err != nil {
+						t.Fatalf("recvfrom: %v", err)
+					}
+					if n < 20 {
+						continue
+					}
+					hl := int(buf[0]&0x0f) * 4
+					if n < hl || !bytes.Equal(buf[hl:n], payload) {
+						continue
+					}
+					if proto := buf[9]; proto != protoExperimental {
+						t.Errorf("IP protocol: got %d, want %d", proto, protoExperimental)
+					}
+					if src, gotDst := net.IP(buf[12:16]).String(), net.IP(buf[16:20]).String(); src != "127.0.0.1" || gotDst != dst {
+						t.Errorf("addresses: got %s -> %s, want 127.0.0.1 -> %s", src, gotDst, dst)
+					}
+					break
+				}
+				e.requireGrew(t, before, "uloop_passthrough_packets_total", 1)
+				e.requireCrossed(t, before)
+			})
+		}
+	})
+}
+
+// TestIPv6: ::1 stays on the kernel's lo (a TUN cannot carry it: the kernel
+// drops ::1 arriving on a non-loopback device, RFC 4291 section 2.5.3), and
+// keeps working while uloopd runs.
+func TestIPv6(t *testing.T) {
+	bothModes(t, func(t *testing.T, e *env) {
+		t.Run("ping", func(t *testing.T) {
+			ping(t, e.ns, "::1", "-6", "-c", "2", "-W", "2")
+		})
+		t.Run("tcp", func(t *testing.T) {
+			l := e.ns.listen(t, "tcp6", "[::1]:0")
+			tcpEcho(t, l)
+			tcpRoundTrip(t, e.ns, "tcp6", l.Addr().String(), bytes.Repeat([]byte("six"), 100000))
+		})
+		t.Run("udp", func(t *testing.T) {
+			var srv, c *net.UDPConn
+			err := e.ns.do(func() (err error) {
+				if srv, err = net.ListenUDP("udp6", &net.UDPAddr{IP: net.IPv6loopback}); err != nil {
+					return err
+				}
+				c, err = net.DialUDP("udp6", nil, srv.LocalAddr().(*net.UDPAddr))
+				return err
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			udpEcho(t, srv)
+			if _, err := c.Write([]byte("six")); err != nil {
+				t.Fatal(err)
+			}
+			c.SetReadDeadline(time.Now().Add(5 * time.Second))
+			buf := make([]byte, 16)
+			n, err := c.Read(buf)
+			if err != nil || string(buf[:n]) != "six" {
+				t.Fatalf("udp6 echo over ::1: got %q, %v; want \"six\"", buf[:n], err)
+			}
+		})
+	})
+}
