@@ -191,6 +191,19 @@ func TestHostState(t *testing.T) {
 			}
 		})
 
+		t.Run("sigkill-restart", func(t *testing.T) {
+			// The next start after a SIGKILL clears the leftovers itself,
+			// so its SIGTERM leaves the namespace as it was first found.
+			ns := newNS(t)
+			s0 := readHostState(t, ns)
+			startDaemon(t, ns).Kill(t)
+			d := startDaemon(t, ns)
+			ping(t, ns, "127.0.0.1", "-c", "1", "-W", "2")
+			d.Stop(t)
+			requireState(t, "after SIGKILL, restart and SIGTERM (lo may stay up)",
+				readHostState(t, ns).ignoringLoUp(), s0.ignoringLoUp())
+		})
+
 		t.Run("netns-flag", func(t *testing.T) {
 			outside := &netNS{h: -1} // the test's own namespace, read only
 			out0 := readHostState(t, outside)

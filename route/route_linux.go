@@ -80,13 +80,29 @@ func (t *Takeover) apply(c Config) error {
 	return nil
 }
 
-// Cleanup removes what a killed daemon left with this config: it puts
-// "0: from all lookup local" back if no IPv4 rule other than the moved one
-// looks up the local table, then deletes our rules (c.Priority, c.Table),
-// the routes in c.Table, the moved local rule at c.Priority+1, and the TUN
-// device c.Device if it still exists. It does not know whether lo was down
-// before, so leaves lo as it is. With nothing to clean it returns nil.
+// Cleanup removes what a killed daemon left with this config: the routing
+// (see CleanupRouting) and the TUN device c.Device if it still exists. It
+// does not know whether lo was down before, so leaves lo as it is. With
+// nothing to clean it returns nil.
 func Cleanup(c Config) error {
+	err := CleanupRouting(c)
+	if err == nil {
+		err = delTUN(c.Device)
+	}
+	if err != nil {
+		return fmt.Errorf("cleaning up %v through %s: %w", c.Prefix, c.Device, err)
+	}
+	return nil
+}
+
+// CleanupRouting removes the routing a killed daemon left with this config,
+// leaving devices alone: it puts "0: from all lookup local" back if no IPv4
+// rule other than the moved one looks up the local table, then deletes our
+// rules (c.Priority, c.Table), the routes in c.Table and the moved local
+// rule at c.Priority+1. uloopd runs it at start, once it holds the
+// namespace's lock, so that Apply does not mistake leftovers for the
+// namespace's own state (and Undo then keep them). Idempotent.
+func CleanupRouting(c Config) error {
 	if err := c.Validate(); err != nil {
 		return fmt.Errorf("cleaning up loopback takeover: %w", err)
 	}
@@ -119,11 +135,7 @@ func Cleanup(c Config) error {
 		keep(delRoute(&r))
 	}
 	keep(delRule(localRule(c.Priority + 1)))
-	errs = append(errs, delTUN(c.Device))
-	if err := errors.Join(errs...); err != nil {
-		return fmt.Errorf("cleaning up %v through %s: %w", c.Prefix, c.Device, err)
-	}
-	return nil
+	return errors.Join(errs...)
 }
 
 func ipv6Enabled() bool {

@@ -18,3 +18,6 @@ func Cleanup(c Config) error { return errUnsupported }
 
 // TakeSnapshot is only implemented on Linux.
 func TakeSnapshot() (Snapshot, error) { return Snapshot{}, errUnsupported }
+
+// CleanupRouting is only implemented on Linux.
+func CleanupRouting(c Config) error { return errUnsupported }

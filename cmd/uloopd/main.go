@@ -102,6 +102,13 @@ func serve(o options, rcfg route.Config, log *slog.Logger) (err error) {
 	}
 	defer ctl.Close()
 
+	// A uloopd killed before it could undo its changes left rules that
+	// Apply would take for the namespace's own (and so keep on Undo).
+	// Holding the lock, nothing else here owns rules of ours.
+	if err := route.CleanupRouting(rcfg); err != nil {
+		return fmt.Errorf("removing a previous uloopd's leftovers: %w", err)
+	}
+
 	dev, err := tundev.Create(o.dev, o.mtu)
 	if err != nil {
 		return err

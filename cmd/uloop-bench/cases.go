@@ -1,0 +1,260 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+)
+
+// A metric is one figure a case reports per run.
+type metric struct {
+	Key    string `json:"key"`
+	Label  string `json:"label"`
+	Unit   string `json:"unit"`
+	Higher bool   `json:"higher_is_better"`
+	// MayBeZero marks a count that is legitimately 0 (retransmits, loss);
+	// every other figure of a successful run is positive. The report
+	// gives no ratio for these: a ratio of two counts near zero says
+	// nothing (JSON keeps it all the same).
+	MayBeZero bool `json:"may_be_zero,omitempty"`
+	// Integer figures print without decimals.
+	Integer bool `json:"integer,omitempty"`
+	// Chart is the bar's label on the chart; empty if not charted.
+	Chart string `json:"chart,omitempty"`
+}
+
+// A benchCase is one measurement, run in each namespace in turn.
+type benchCase struct {
+	Name    string
+	Title   string
+	Metrics []metric
+	// TCP cases make up the daemon CPU total.
+	TCP bool
+	run func(ctx context.Context, h *harness, n *netNS) (values map[string]float64, raw any, err error)
+}
+
+var (
+	mGbps        = metric{Key: "gbps", Label: "throughput", Unit: "Gbit/s", Higher: true}
+	mRetransmits = metric{Key: "retransmits", Label: "retransmits", Unit: "segments", MayBeZero: true, Integer: true}
+	mUDPGbps     = metric{Key: "gbps", Label: "received", Unit: "Gbit/s", Higher: true}
+	mLoss        = metric{Key: "loss_pct", Label: "loss", Unit: "%", MayBeZero: true}
+	mP50         = metric{Key: "p50_us", Label: "p50", Unit: "µs"}
+	mP99         = metric{Key: "p99_us", Label: "p99", Unit: "µs"}
+)
+
+func with(m metric, chart string) metric { m.Chart = chart; return m }
+
+func iperfTCPCase(name, title, chart string, args ...string) benchCase {
+	return benchCase{
+		Name: name, Title: title, TCP: true,
+		Metrics: []metric{with(mGbps, chart), mRetransmits},
+		run: func(ctx context.Context, h *harness, n *netNS) (map[string]float64, any, error) {
+			f, raw, err := h.runIperf(ctx, n, args)
+			return map[string]float64{"gbps": f.ReceivedGbps, "retransmits": f.Retransmits}, raw, err
+		},
+	}
+}
+
+func iperfUDPCase(name, title, chart string, args ...string) benchCase {
+	return benchCase{
+		Name: name, Title: title,
+		Metrics: []metric{with(mUDPGbps, chart), mLoss},
+		run: func(ctx context.Context, h *harness, n *netNS) (map[string]float64, any, error) {
+			f, raw, err := h.runIperf(ctx, n, append([]string{"-u", "-b", "0"}, args...))
+			return map[string]float64{"gbps": f.ReceivedGbps, "loss_pct": f.LostPercent}, raw, err
+		},
+	}
+}
+
+// cases are all the cases, in the order they run.
+var cases = []benchCase{
+	iperfTCPCase("tcp-1", "iperf3 TCP, 1 stream", "TCP 1 stream"),
+	iperfTCPCase("tcp-1-reverse", "iperf3 TCP, 1 stream, reverse (-R)", "TCP -R"),
+	iperfTCPCase("tcp-4", "iperf3 TCP, 4 streams (-P 4)", "TCP -P 4", "-P", "4"),
+	iperfUDPCase("udp-1400", "iperf3 UDP, 1400 B datagrams", "UDP 1400 B", "-l", "1400"),
+	iperfUDPCase("udp-32k", "iperf3 UDP, 32 KiB datagrams", "UDP 32 KiB", "-l", "32768"),
+	{
+		Name: "ping", Title: "ping 127.0.0.1 (ICMP echo, one at a time)",
+		Metrics: []metric{with(mP50, "ping p50"), with(mP99, "ping p99")},
+		run: func(ctx context.Context, h *harness, n *netNS) (map[string]float64, any, error) {
+			r, err := h.runPing(ctx, n)
+			return map[string]float64{"p50_us": r.Summary.P50US, "p99_us": r.Summary.P99US}, r, err
+		},
+	},
+	{
+		Name: "tcp-rr", Title: "TCP 1-byte request/response, one connection, TCP_NODELAY", TCP: true,
+		Metrics: []metric{
+			with(mP50, "TCP RR p50"), with(mP99, "TCP RR p99"),
+			{Key: "per_s", Label: "round trips", Unit: "/s", Higher: true},
+		},
+		run: func(ctx context.Context, h *harness, n *netNS) (map[string]float64, any, error) {
+			var r rrResult
+			err := h.runGoClient(ctx, n, cmdTCPRR, &r)
+			return map[string]float64{"p50_us": r.Latency.P50US, "p99_us": r.Latency.P99US, "per_s": r.PerSecond}, r, err
+		},
+	},
+	{
+		Name: "tcp-crr", Title: "TCP connect, 1-byte request/response, close; one client", TCP: true,
+		Metrics: []metric{
+			{Key: "per_s", Label: "connections", Unit: "/s", Higher: true, Chart: "TCP connect/s"},
+			{Key: "failed", Label: "failed", Unit: "connections", MayBeZero: true, Integer: true},
+		},
+		run: func(ctx context.Context, h *harness, n *netNS) (map[string]float64, any, error) {
+			var r crrResult
+			err := h.runGoClient(ctx, n, cmdTCPCRR, &r)
+			if err == nil && r.Failed > 0 {
+				// A loopback refuses no connection: the figures
+				// stand, with a warning that cannot be missed.
+				err = warning(fmt.Sprintf("%d of %d connections failed, first: %s", r.Failed, r.Failed+r.Connections, r.FirstError))
+			}
+			return map[string]float64{"per_s": r.PerSecond, "failed": float64(r.Failed)}, r, err
+		},
+	},
+}
+
+// A warning from a case's run keeps the run's figures: something went wrong
+// that the report must show, but what was measured still holds.
+type warning string
+
+func (w warning) Error() string { return string(w) }
+
+func caseNames() []string {
+	var names []string
+	for _, c := range cases {
+		names = append(names, c.Name)
+	}
+	return names
+}
+
+func (h *harness) selectedCases() []benchCase {
+	if len(h.cfg.cases) == 0 {
+		return cases
+	}
+	var sel []benchCase
+	for _, c := range cases {
+		for _, n := range h.cfg.cases {
+			if c.Name == n {
+				sel = append(sel, c)
+				break
+			}
+		}
+	}
+	return sel
+}
+
+// runCases runs every selected case cfg.runs times on each side, kernel
+// first in each pair, and records the results in rep. It returns 1 if a run
+// failed, else 0; a failed run is recorded and the benchmark goes on.
+func (h *harness) runCases(ctx context.Context, rep *report) int {
+	sel := h.selectedCases()
+	status := 0
+	for ci, c := range sel {
+		rec := &caseRecord{Name: c.Name, Title: c.Title, TCP: c.TCP, Metrics: c.Metrics}
+		rep.Cases = append(rep.Cases, rec)
+		for r := 1; r <= h.cfg.runs; r++ {
+			for _, n := range []*netNS{h.kernel, h.uloop} {
+				if ctx.Err() != nil {
+					return status
+				}
+				fmt.Fprintf(os.Stderr, "uloop-bench: [%d/%d] %-13s run %d/%d  %-6s ... ", ci+1, len(sel), c.Name, r, h.cfg.runs, n.side)
+				run := h.runOne(ctx, c, n, r)
+				rec.Runs = append(rec.Runs, run)
+				if run.Warning != "" {
+					fmt.Fprintf(os.Stderr, "%s (%.1f s)\n    WARNING: %s\n", describe(c.Metrics, run.Values), run.WallSeconds, run.Warning)
+					rep.Warnings = append(rep.Warnings, fmt.Sprintf("%s run %d %s: %s", c.Name, r, n.side, run.Warning))
+					continue
+				}
+				if run.Error != "" {
+					if ctx.Err() != nil {
+						fmt.Fprintln(os.Stderr, "interrupted")
+						return status
+					}
+					fmt.Fprintf(os.Stderr, "FAILED\n    %s\n", strings.ReplaceAll(run.Error, "\n", "\n    "))
+					rep.Errors = append(rep.Errors, fmt.Sprintf("%s run %d %s: %s", c.Name, r, n.side, firstLine(run.Error)))
+					status = 1
+					continue
+				}
+				fmt.Fprintf(os.Stderr, "%s (%.1f s)\n", describe(c.Metrics, run.Values), run.WallSeconds)
+			}
+		}
+		rec.summarize()
+	}
+	return status
+}
+
+// runOne runs case c once in n, with uloopd's CPU time around it on the
+// uloop side.
+func (h *harness) runOne(ctx context.Context, c benchCase, n *netNS, rep int) runRecord {
+	rec := runRecord{Side: n.side, Rep: rep, Started: time.Now().UTC()}
+	var cpu0 time.Duration
+	var cpuErr error
+	if n == h.uloop {
+		if !h.daemon.running() {
+			rec.Error = fmt.Sprintf("uloopd is no longer running: %v", h.daemon.exitErr())
+			return rec
+		}
+		cpu0, cpuErr = procCPU(h.daemon.pid())
+	}
+	vals, raw, err := c.run(ctx, h, n)
+	rec.WallSeconds = time.Since(rec.Started).Seconds()
+	rec.Raw = raw
+	if n == h.uloop && cpuErr == nil {
+		if cpu1, err := procCPU(h.daemon.pid()); err == nil {
+			s := (cpu1 - cpu0).Seconds()
+			rec.DaemonCPUSeconds = &s
+		}
+	}
+	var w warning
+	if errors.As(err, &w) {
+		rec.Warning, err = string(w), nil
+	}
+	if err == nil {
+		err = checkValues(c.Metrics, vals)
+	}
+	if err != nil {
+		rec.Error = err.Error()
+		return rec
+	}
+	rec.Values = vals
+	return rec
+}
+
+// checkValues rejects a run whose figures cannot be real: a missing figure,
+// or a zero where only a positive value is possible (a parser that found
+// nothing, a tool that measured nothing).
+func checkValues(ms []metric, vals map[string]float64) error {
+	var errs []error
+	for _, m := range ms {
+		v, ok := vals[m.Key]
+		switch {
+		case !ok:
+			errs = append(errs, fmt.Errorf("no %s figure", m.Label))
+		case v < 0 || (v == 0 && !m.MayBeZero):
+			errs = append(errs, fmt.Errorf("%s figure is %v", m.Label, v))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func describe(ms []metric, vals map[string]float64) string {
+	var parts []string
+	for _, m := range ms {
+		parts = append(parts, fmt.Sprintf("%s %s %s", m.Label, m.format(vals[m.Key]), m.Unit))
+	}
+	return strings.Join(parts, ", ")
+}
+
+func (m metric) format(v float64) string {
+	if m.Integer {
+		return fmt.Sprintf("%.0f", v)
+	}
+	return fmtNum(v)
+}
+
+func firstLine(s string) string {
+	line, _, _ := strings.Cut(s, "\n")
+	return line
+}

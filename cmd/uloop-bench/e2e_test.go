@@ -1,0 +1,311 @@
+package main
+
+// Root tests: the harness end to end, built from this tree, with real
+// namespaces, uloopd, iperf3 and ping. They check the report's shape and the
+// cleanup, never a speed.
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// buildBench builds uloopd and uloop-bench side by side into a temporary
+// directory, as `make build` puts them in bin/. It skips the test when not
+// root or when uloopd does not build (its package may be mid-change).
+func buildBench(t *testing.T) (dir string) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root (network namespaces, TUN device)")
+	}
+	if testing.Short() {
+		t.Skip("-short: runs the benchmark")
+	}
+	dir = t.TempDir()
+	goTool := filepath.Join(runtime.GOROOT(), "bin", "go")
+	if p, err := exec.LookPath("go"); err == nil {
+		goTool = p
+	}
+	build := func(pkg, out string) error {
+		cmd := exec.Command(goTool, "build", "-o", filepath.Join(dir, out), pkg)
+		cmd.Dir = filepath.Join("..", "..") // the module root
+		if b, err := cmd.CombinedOutput(); err != nil {
+			return fmt.Errorf("go build %s: %v\n%s", pkg, err, b)
+		}
+		return nil
+	}
+	if err := build("./cmd/uloopd", "uloopd"); err != nil {
+		t.Skipf("uloopd does not build: %v", err)
+	}
+	if err := build("./cmd/uloop-bench", "uloop-bench"); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+// syncBuffer collects a command's output while the test reads it.
+type syncBuffer struct {
+	mu  sync.Mutex // mu guards buf
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+func TestQuickRunEndToEnd(t *testing.T) {
+	dir := buildBench(t)
+	out := filepath.Join(dir, "out")
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, filepath.Join(dir, "uloop-bench"), "--quick", "--out", out)
+	var stdout, stderr syncBuffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	t.Logf("stderr:\n%s", stderr.String())
+	if err != nil {
+		t.Fatalf("uloop-bench --quick: %v\nstdout:\n%s", err, stdout.String())
+	}
+	pid := cmd.Process.Pid
+	checkGone(t, dir, pid, nil)
+
+	// The report file.
+	b, err := os.ReadFile(filepath.Join(out, "bench.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rep report
+	if err := json.Unmarshal(b, &rep); err != nil {
+		t.Fatalf("bench.json does not parse: %v", err)
+	}
+	if len(rep.Errors) != 0 {
+		t.Errorf("errors: got %q, want none", rep.Errors)
+	}
+	m := rep.Machine
+	if m.CPUModel == "" || m.Kernel == "" || m.GoVersion == "" || m.CPUs <= 0 || rep.Started.IsZero() {
+		t.Errorf("machine: got %+v, started %v; want CPU model, kernel, Go version, date", m, rep.Started)
+	}
+	if k, u := rep.Namespaces["kernel"], rep.Namespaces["uloop"]; k.LoMTU <= 0 || u.Ulo0MTU <= 0 ||
+		!strings.Contains(k.Name, fmt.Sprint(pid)) || !strings.Contains(u.Name, fmt.Sprint(pid)) {
+		t.Errorf("namespaces: got %+v, want both named with PID %d, lo and ulo0 MTUs", rep.Namespaces, pid)
+	}
+	if d := rep.Daemon; d.CPUSecondsTCP <= 0 || d.PeakRSSKiB <= 0 || d.PID <= 0 {
+		t.Errorf("uloopd: got %+v, want CPU seconds, peak RSS and PID", d)
+	}
+	byName := map[string]*caseRecord{}
+	for _, c := range rep.Cases {
+		byName[c.Name] = c
+	}
+	md := stdout.String()
+	for _, bc := range cases {
+		c := byName[bc.Name]
+		if c == nil {
+			t.Errorf("case %s: missing from bench.json", bc.Name)
+			continue
+		}
+		if !strings.Contains(md, "| "+bc.Title+" |") {
+			t.Errorf("case %s: no row %q in the Markdown on stdout", bc.Name, bc.Title)
+		}
+		sides := map[string]int{}
+		for _, r := range c.Runs {
+			sides[r.Side]++
+			if r.Error != "" {
+				t.Errorf("case %s, %s run %d: %s", c.Name, r.Side, r.Rep, r.Error)
+			}
+			for _, mt := range bc.Metrics {
+				v, ok := r.Values[mt.Key]
+				if !ok || v < 0 || (v == 0 && !mt.MayBeZero) {
+					t.Errorf("case %s, %s run %d: %s is %v (present: %v), want a positive figure", c.Name, r.Side, r.Rep, mt.Key, v, ok)
+				}
+			}
+			if r.Side == "uloop" && (r.DaemonCPUSeconds == nil || *r.DaemonCPUSeconds < 0) {
+				t.Errorf("case %s, uloop run %d: uloopd CPU seconds %v, want a figure", c.Name, r.Rep, r.DaemonCPUSeconds)
+			}
+		}
+		if sides["kernel"] != 1 || sides["uloop"] != 1 {
+			t.Errorf("case %s: got runs %v, want one per side", c.Name, sides)
+		}
+		for _, mt := range bc.Metrics {
+			s := c.Summary[mt.Key]
+			if mt.MayBeZero {
+				continue
+			}
+			if s.Kernel.N != 1 || s.Uloop.N != 1 || s.Ratio.N != 1 || s.Ratio.Median <= 0 {
+				t.Errorf("case %s, %s: got summary %+v, want one figure per side and a positive ratio", c.Name, mt.Key, s)
+			}
+		}
+	}
+	if md2, err := os.ReadFile(filepath.Join(out, "bench.md")); err != nil || string(md2) != md {
+		t.Errorf("bench.md: got %v, want the Markdown printed on stdout", err)
+	}
+	for _, name := range []string{"bench.png", "bench.svg"} {
+		st, err := os.Stat(filepath.Join(out, name))
+		if err != nil || st.Size() == 0 {
+			t.Errorf("chart %s: got %v, want a non-empty file", name, err)
+		}
+	}
+}
+
+// TestInterrupt stops the harness mid-run, while iperf3 runs against uloop,
+// and checks that it tears everything down and exits 130.
+func TestInterrupt(t *testing.T) {
+	dir := buildBench(t)
+	for _, sig := range []syscall.Signal{syscall.SIGINT, syscall.SIGTERM} {
+		t.Run(sig.String(), func(t *testing.T) {
+			cmd := exec.Command(filepath.Join(dir, "uloop-bench"), "--quick", "--out", filepath.Join(dir, "out-"+sig.String()))
+			var stdout, stderr syncBuffer
+			cmd.Stdout, cmd.Stderr = &stdout, &stderr
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			done := make(chan error, 1)
+			go func() { done <- cmd.Wait() }()
+			defer func() {
+				cmd.Process.Kill()
+				<-done
+			}()
+			pid := cmd.Process.Pid
+
+			// Wait for the first uloop run to start, then note the
+			// namespaces' identities to look for survivors later.
+			deadline := time.Now().Add(time.Minute)
+			for !strings.Contains(stderr.String(), "run 1/1  uloop  ...") {
+				if time.Now().After(deadline) {
+					t.Fatalf("no uloop run started within a minute; stderr:\n%s", stderr.String())
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+			time.Sleep(300 * time.Millisecond) // into the iperf3 run
+			var inside []procID
+			for _, side := range []string{"kernel", "uloop"} {
+				var st syscall.Stat_t
+				if err := syscall.Stat(fmt.Sprintf("/run/netns/ulb-%d-%s", pid, side), &st); err != nil {
+					t.Fatalf("namespace of side %s: %v", side, err)
+				}
+				inside = append(inside, procsInNetns(st.Ino)...)
+			}
+			// uloopd, and iperf3's server and client.
+			if len(inside) < 3 {
+				t.Errorf("processes in the namespaces before %v: got %v, want uloopd and iperf3's two", sig, inside)
+			}
+			if err := cmd.Process.Signal(sig); err != nil {
+				t.Fatal(err)
+			}
+			var err error
+			select {
+			case err = <-done:
+				done <- err // for the deferred Wait
+			case <-time.After(30 * time.Second):
+				t.Fatalf("still running 30 s after %v; stderr:\n%s", sig, stderr.String())
+			}
+			var ee *exec.ExitError
+			if !errors.As(err, &ee) || ee.ExitCode() != 130 {
+				t.Errorf("exit: got %v, want status 130", err)
+			}
+			if !strings.Contains(stderr.String(), "interrupted") {
+				t.Errorf("stderr does not say it was interrupted:\n%s", stderr.String())
+			}
+			checkGone(t, dir, pid, inside)
+			if t.Failed() {
+				t.Logf("stderr:\n%s", stderr.String())
+			}
+		})
+	}
+}
+
+// procID names a process across PID reuse.
+type procID struct {
+	pid   int
+	start string // field 22 of /proc/PID/stat, the start time
+	comm  string
+}
+
+func readProcID(pid int) (procID, bool) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return procID{}, false
+	}
+	i := bytes.LastIndexByte(b, ')')
+	j := bytes.IndexByte(b, '(')
+	f := strings.Fields(string(b[i+1:]))
+	if i < 0 || j < 0 || len(f) < 20 {
+		return procID{}, false
+	}
+	return procID{pid: pid, start: f[19], comm: string(b[j+1 : i])}, true
+}
+
+// procsInNetns lists the processes in the network namespace with inode ino.
+func procsInNetns(ino uint64) []procID {
+	var ids []procID
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		var st syscall.Stat_t
+		if syscall.Stat(fmt.Sprintf("/proc/%d/ns/net", pid), &st) != nil || st.Ino != ino {
+			continue
+		}
+		if id, ok := readProcID(pid); ok {
+			ids = append(ids, id)
+		}
+	}
+	return ids
+}
+
+// checkGone fails the test if a namespace of harness pid is still listed, if
+// a process in procs is still alive, or if a process still runs a binary
+// from dir.
+func checkGone(t *testing.T, dir string, pid int, procs []procID) {
+	t.Helper()
+	out, err := exec.Command("ip", "netns", "list").Output()
+	if err != nil {
+		t.Fatalf("ip netns list: %v", err)
+	}
+	prefix := fmt.Sprintf("ulb-%d-", pid)
+	for line := range strings.SplitSeq(string(out), "\n") {
+		if strings.HasPrefix(line, prefix) {
+			t.Errorf("namespace left behind: %s", line)
+		}
+	}
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		p := filepath.Join("/proc", e.Name())
+		if exe, err := os.Readlink(filepath.Join(p, "exe")); err == nil && strings.HasPrefix(exe, dir+"/") {
+			t.Errorf("process %s still runs %s", e.Name(), exe)
+		}
+	}
+	for _, id := range procs {
+		// A zombie is gone for this purpose; a reaped one is gone.
+		if now, ok := readProcID(id.pid); ok && now.start == id.start && !isZombie(id.pid) {
+			t.Errorf("process %d (%s) survived the run", id.pid, id.comm)
+		}
+	}
+}
+
+func isZombie(pid int) bool {
+	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	i := bytes.LastIndexByte(b, ')')
+	return i >= 0 && bytes.HasPrefix(b[i+1:], []byte(" Z"))
+}

@@ -1,0 +1,167 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+)
+
+// iperfReport is the part of iperf3's -J output the harness reads. Checked
+// against iperf 3.12; the fields have the same names since 3.1.
+type iperfReport struct {
+	// Error is set, with a non-zero exit status, when the test failed.
+	Error string `json:"error"`
+	Start struct {
+		TestStart struct {
+			Protocol   string `json:"protocol"`
+			NumStreams int    `json:"num_streams"`
+			Blksize    int    `json:"blksize"`
+			Reverse    int    `json:"reverse"`
+		} `json:"test_start"`
+	} `json:"start"`
+	End struct {
+		// TCP: what the sending side sent (with its retransmits) and
+		// what the receiving side received, whichever direction -R
+		// chose. UDP, since 3.11 or so: the same pair.
+		SumSent     *iperfSum `json:"sum_sent"`
+		SumReceived *iperfSum `json:"sum_received"`
+		// UDP only: the loss the receiver counted, against the
+		// datagrams sent. Beware: in 3.12 its bits_per_second is the
+		// rate sent, not received.
+		Sum *iperfSum `json:"sum"`
+	} `json:"end"`
+}
+
+type iperfSum struct {
+	Seconds       float64  `json:"seconds"`
+	Bytes         float64  `json:"bytes"`
+	BitsPerSecond float64  `json:"bits_per_second"`
+	Retransmits   *float64 `json:"retransmits"` // TCP sender only
+	LostPercent   *float64 `json:"lost_percent"`
+	LostPackets   *float64 `json:"lost_packets"`
+	Packets       *float64 `json:"packets"`
+}
+
+// iperfFigures are the figures one iperf3 run contributes.
+type iperfFigures struct {
+	// ReceivedGbps is the rate the receiving side received, Gbit/s.
+	ReceivedGbps float64
+	// Retransmits (TCP) counts the sender's retransmitted segments.
+	Retransmits float64
+	// LostPercent (UDP) is the share of datagrams sent that the server
+	// never received.
+	LostPercent float64
+}
+
+// parseIperf reads iperf3's -J report.
+func parseIperf(b []byte) (iperfFigures, error) {
+	var r iperfReport
+	if err := json.Unmarshal(b, &r); err != nil {
+		return iperfFigures{}, fmt.Errorf("iperf3 JSON: %w", err)
+	}
+	if r.Error != "" {
+		return iperfFigures{}, fmt.Errorf("iperf3: %s", r.Error)
+	}
+	var f iperfFigures
+	switch p := r.Start.TestStart.Protocol; p {
+	case "TCP":
+		if r.End.SumReceived == nil || r.End.SumSent == nil {
+			return f, errors.New("iperf3 JSON: no end.sum_received or end.sum_sent")
+		}
+		f.ReceivedGbps = r.End.SumReceived.BitsPerSecond / 1e9
+		if r.End.SumSent.Retransmits != nil {
+			f.Retransmits = *r.End.SumSent.Retransmits
+		}
+	case "UDP":
+		s := r.End.Sum
+		if s == nil || s.LostPercent == nil {
+			return f, errors.New("iperf3 JSON: no end.sum.lost_percent")
+		}
+		f.LostPercent = *s.LostPercent
+		switch {
+		case r.End.SumReceived != nil:
+			f.ReceivedGbps = r.End.SumReceived.BitsPerSecond / 1e9
+		case s.Packets != nil && s.LostPackets != nil && s.Seconds > 0 && r.Start.TestStart.Blksize > 0:
+			// Before sum_received existed for UDP: the datagrams
+			// that arrived, over the receiver's time.
+			f.ReceivedGbps = (*s.Packets - *s.LostPackets) * float64(r.Start.TestStart.Blksize) * 8 / s.Seconds / 1e9
+		default:
+			return f, errors.New("iperf3 JSON: no received rate for UDP")
+		}
+	default:
+		return f, fmt.Errorf("iperf3 JSON: unexpected protocol %q", p)
+	}
+	return f, nil
+}
+
+// rawIperfEnd returns iperf3's "end" object (every stream's figures, CPU use,
+// congestion control) to keep in the results file.
+func rawIperfEnd(b []byte) json.RawMessage {
+	var r struct {
+		End json.RawMessage `json:"end"`
+	}
+	if json.Unmarshal(b, &r) != nil || len(r.End) == 0 {
+		return nil
+	}
+	var c bytes.Buffer
+	if json.Compact(&c, r.End) != nil {
+		return nil
+	}
+	return c.Bytes()
+}
+
+// runIperf runs one iperf3 test in n: a one-shot server (`iperf3 -s -1`)
+// started for this run alone, polled until it listens, then the client with
+// clientArgs for the configured duration.
+func (h *harness) runIperf(ctx context.Context, n *netNS, clientArgs []string) (iperfFigures, json.RawMessage, error) {
+	port := h.nextPort()
+	srv := h.procs.command(ctx, n, "iperf3", "-s", "-1", "-B", "127.0.0.1", "-p", strconv.Itoa(port))
+	srvLog := &lineLog{max: 20}
+	srv.Stdout, srv.Stderr = srvLog, srvLog
+	if err := h.procs.start(srv); err != nil {
+		return iperfFigures{}, nil, fmt.Errorf("starting iperf3 server: %w", err)
+	}
+	srvDone := make(chan struct{})
+	go func() { h.procs.wait(srv); close(srvDone) }()
+	defer func() {
+		// The server exits by itself after its one test; it is
+		// killed if the client never reached it.
+		select {
+		case <-srvDone:
+		case <-time.After(3 * time.Second):
+			killGroup(srv)
+			<-srvDone
+		}
+	}()
+	if err := waitListening(ctx, n, srv.Process.Pid, port, srvDone, 10*time.Second); err != nil {
+		return iperfFigures{}, nil, fmt.Errorf("iperf3 server: %w\n%s", err, srvLog.tail(10))
+	}
+
+	secs := int(h.cfg.duration.Round(time.Second) / time.Second)
+	argv := append([]string{"iperf3", "-c", "127.0.0.1", "-p", strconv.Itoa(port), "-t", strconv.Itoa(secs),
+		"--connect-timeout", "5000", "-J"}, clientArgs...)
+	cctx, cancel := context.WithTimeout(ctx, h.cfg.duration+30*time.Second)
+	defer cancel()
+	cli := h.procs.command(cctx, n, argv...)
+	var stdout, stderr bytes.Buffer
+	cli.Stdout, cli.Stderr = &stdout, &stderr
+	runErr := h.procs.run(cli)
+	// A failed test still prints JSON, with its reason in "error".
+	f, perr := parseIperf(stdout.Bytes())
+	switch {
+	case perr == nil && runErr == nil:
+		return f, rawIperfEnd(stdout.Bytes()), nil
+	case perr != nil && runErr == nil:
+		return f, nil, perr
+	case cctx.Err() != nil && ctx.Err() == nil:
+		return f, nil, fmt.Errorf("iperf3 client did not finish within %v", h.cfg.duration+30*time.Second)
+	case perr != nil && stdout.Len() > 0:
+		return f, nil, fmt.Errorf("%v (%w)", perr, runErr)
+	default:
+		return f, nil, exitDetail(argv, runErr, stderr.Bytes())
+	}
+}

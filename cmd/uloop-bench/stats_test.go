@@ -1,0 +1,385 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"math"
+	"net"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestMedian(t *testing.T) {
+	tests := []struct {
+		name string
+		in   []float64
+		want float64
+	}{
+		{"one", []float64{3}, 3},
+		{"odd unsorted", []float64{9, 1, 5}, 5},
+		{"even: mean of the middle two", []float64{4, 1, 3, 2}, 2.5},
+		{"repeats", []float64{2, 2, 2, 7}, 2},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			in := slices.Clone(tt.in)
+			if got := median(in); got != tt.want {
+				t.Errorf("got %v, want %v", got, tt.want)
+			}
+			if !slices.Equal(in, tt.in) {
+				t.Errorf("median reordered its input: got %v, want %v", in, tt.in)
+			}
+		})
+	}
+	if got := median(nil); !math.IsNaN(got) {
+		t.Errorf("median(nil): got %v, want NaN", got)
+	}
+}
+
+func TestPercentile(t *testing.T) {
+	seq := func(n int) []float64 {
+		s := make([]float64, n)
+		for i := range s {
+			s[i] = float64(i + 1)
+		}
+		return s
+	}
+	tests := []struct {
+		name   string
+		sorted []float64
+		p      float64
+		want   float64
+	}{
+		{"p50 of 1..100", seq(100), 50, 50},
+		{"p99 of 1..100", seq(100), 99, 99},
+		{"p99 of 1..1000: the 990th", seq(1000), 99, 990},
+		{"p99.9 of 1..1000", seq(1000), 99.9, 999},
+		{"p100", seq(10), 100, 10},
+		{"p50 of 1..5", seq(5), 50, 3},
+		{"p99 of one", []float64{7}, 99, 7},
+		{"tiny p is the minimum", seq(10), 0.001, 1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := percentile(tt.sorted, tt.p); got != tt.want {
+				t.Errorf("got %v, want %v", got, tt.want)
+			}
+		})
+	}
+	if got := percentile(nil, 50); !math.IsNaN(got) {
+		t.Errorf("percentile(nil): got %v, want NaN", got)
+	}
+}
+
+func TestSummarizeDurations(t *testing.T) {
+	ds := []time.Duration{30 * time.Microsecond, 10 * time.Microsecond, 20 * time.Microsecond, 40 * time.Microsecond}
+	s := summarizeDurations(ds)
+	want := latencySummary{Count: 4, MinUS: 10, MeanUS: 25, P50US: 20, P90US: 40, P99US: 40, P999US: 40, MaxUS: 40}
+	if s != want {
+		t.Errorf("got %+v, want %+v", s, want)
+	}
+	if s := summarizeDurations(nil); s != (latencySummary{}) {
+		t.Errorf("no samples: got %+v, want zeros", s)
+	}
+}
+
+func TestPairRatios(t *testing.T) {
+	yes := []bool{true, true, true, true}
+	tests := []struct {
+		name          string
+		kernel, uloop []float64
+		kOK, uOK      []bool
+		want          []float64
+	}{
+		{"all pairs", []float64{10, 20, 40}, []float64{5, 5, 30}, yes, yes, []float64{0.5, 0.25, 0.75}},
+		{"failed runs drop their pair only", []float64{10, 20, 40}, []float64{5, 5, 30},
+			[]bool{true, false, true}, []bool{true, true, false}, []float64{0.5}},
+		{"kernel zero: no ratio", []float64{0, 10}, []float64{3, 20}, yes, yes, []float64{2}},
+		{"uneven counts (interrupted)", []float64{10, 10}, []float64{20}, yes, yes, []float64{2}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := pairRatios(tt.kernel, tt.uloop, tt.kOK, tt.uOK); !slices.Equal(got, tt.want) {
+				t.Errorf("got %v, want %v", got, tt.want)
+			}
+		})
+	}
+}
+
+// The median of the per-pair ratios is not the ratio of the medians: with
+// drift between pairs the two differ, and only the first compares runs that
+// saw the same conditions.
+func TestSummarizeUsesPairRatios(t *testing.T) {
+	c := &caseRecord{Name: "x", Metrics: []metric{mGbps, mRetransmits}}
+	cpu := func(v float64) *float64 { return &v }
+	add := func(side string, rep int, gbps float64, errText string) {
+		r := runRecord{Side: side, Rep: rep, Error: errText}
+		if errText == "" {
+			r.Values = map[string]float64{"gbps": gbps, "retransmits": 0}
+		}
+		if side == "uloop" {
+			r.DaemonCPUSeconds = cpu(float64(rep))
+		}
+		c.Runs = append(c.Runs, r)
+	}
+	// The machine slows down by half after the first pair.
+	add("kernel", 1, 20, "")
+	add("uloop", 1, 10, "")
+	add("kernel", 2, 10, "")
+	add("uloop", 2, 5, "")
+	add("kernel", 3, 10, "")
+	add("uloop", 3, 5, "")
+	add("kernel", 4, 10, "")
+	add("uloop", 4, 0, "iperf3: boom")
+	c.summarize()
+
+	s := c.Summary["gbps"]
+	if want := (spread{N: 4, Median: 10, Min: 10, Max: 20}); s.Kernel != want {
+		t.Errorf("kernel: got %+v, want %+v", s.Kernel, want)
+	}
+	if want := (spread{N: 3, Median: 5, Min: 5, Max: 10}); s.Uloop != want {
+		t.Errorf("uloop: got %+v, want %+v (the failed run left out)", s.Uloop, want)
+	}
+	if want := []float64{0.5, 0.5, 0.5}; !slices.Equal(s.PairRatios, want) {
+		t.Errorf("pair ratios: got %v, want %v", s.PairRatios, want)
+	}
+	if s.Ratio.Median != 0.5 {
+		t.Errorf("ratio: got %v, want 0.5 (ratio of the medians would be %v)", s.Ratio.Median, s.Uloop.Median/s.Kernel.Median)
+	}
+	if want := (spread{N: 4, Median: 2.5, Min: 1, Max: 4}); c.DaemonCPU != want {
+		t.Errorf("uloopd CPU: got %+v, want %+v", c.DaemonCPU, want)
+	}
+	if r := c.Summary["retransmits"]; len(r.PairRatios) != 0 || r.Ratio.N != 0 {
+		t.Errorf("retransmits, kernel 0 in every pair: got ratios %v, want none", r.PairRatios)
+	}
+}
+
+func TestCheckValues(t *testing.T) {
+	ms := []metric{mGbps, mRetransmits}
+	tests := []struct {
+		name string
+		vals map[string]float64
+		ok   bool
+	}{
+		{"fine", map[string]float64{"gbps": 3, "retransmits": 0}, true},
+		{"zero throughput", map[string]float64{"gbps": 0, "retransmits": 0}, false},
+		{"missing", map[string]float64{"gbps": 3}, false},
+		{"negative count", map[string]float64{"gbps": 3, "retransmits": -1}, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if err := checkValues(ms, tt.vals); (err == nil) != tt.ok {
+				t.Errorf("got error %v, want ok=%v", err, tt.ok)
+			}
+		})
+	}
+}
+
+func TestFmtNum(t *testing.T) {
+	tests := []struct {
+		in   float64
+		want string
+	}{{0, "0"}, {0.0834, "0.0834"}, {0.5, "0.5"}, {4.891, "4.89"}, {21.03, "21.0"}, {164.4, "164"}, {16678.2, "16678"}}
+	for _, tt := range tests {
+		if got := fmtNum(tt.in); got != tt.want {
+			t.Errorf("fmtNum(%v): got %q, want %q", tt.in, got, tt.want)
+		}
+	}
+}
+
+func TestParseFlags(t *testing.T) {
+	tests := []struct {
+		name    string
+		args    []string
+		runs    int
+		dur     time.Duration
+		pings   int
+		wantErr string
+	}{
+		{"defaults", nil, 3, 5 * time.Second, 10000, ""},
+		{"quick", []string{"--quick"}, 1, 2 * time.Second, 1000, ""},
+		{"quick, explicit flags win", []string{"--quick", "--runs", "2", "--time", "3s"}, 2, 3 * time.Second, 1000, ""},
+		{"fractional time", []string{"--time", "1500ms"}, 0, 0, 0, "whole number"},
+		{"too few pings", []string{"--pings", "10"}, 0, 0, 0, "at least 1000"},
+		{"no runs", []string{"--runs", "0"}, 0, 0, 0, "at least 1"},
+		{"unknown case", []string{"--cases", "tcp-1,nope"}, 0, 0, 0, `unknown case "nope"`},
+		{"stray argument", []string{"now"}, 0, 0, 0, "unexpected argument"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg, err := parseFlags(tt.args)
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("got error %v, want one containing %q", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if cfg.runs != tt.runs || cfg.duration != tt.dur || cfg.pings != tt.pings {
+				t.Errorf("got runs %d time %v pings %d, want %d %v %d", cfg.runs, cfg.duration, cfg.pings, tt.runs, tt.dur, tt.pings)
+			}
+		})
+	}
+	cfg, err := parseFlags([]string{"--cases", "ping,tcp-1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := &harness{cfg: cfg}
+	var got []string
+	for _, c := range h.selectedCases() {
+		got = append(got, c.Name)
+	}
+	if want := []string{"tcp-1", "ping"}; !slices.Equal(got, want) {
+		t.Errorf("--cases ping,tcp-1: got %v, want %v (the fixed order)", got, want)
+	}
+}
+
+// sampleReport is a report with two cases of two pairs each, as run would
+// leave it, without running anything.
+func sampleReport() *report {
+	r := newReport(config{runs: 2, duration: 5 * time.Second, pings: 10000, uloopd: "/nonexistent/uloopd"})
+	r.Started = time.Date(2026, 11, 27, 8, 0, 0, 0, time.UTC)
+	r.Machine = machine{CPUModel: "Test CPU", CPUs: 2, KernelRelease: "6.18.0", GoVersion: "go1.26.8",
+		Iperf3Version: "iperf 3.12", PingVersion: "ping from iputils 20221126", LoadAvgStart: "0.5 0.5 0.5", LoadAvgEnd: "1.0 0.7 0.6"}
+	r.Namespaces["kernel"] = nsRecord{Name: "ulb-1-kernel", LoMTU: 65536, TCPCongestionControl: "bbr"}
+	r.Namespaces["uloop"] = nsRecord{Name: "ulb-1-uloop", LoMTU: 65536, Ulo0MTU: 65535, TCPCongestionControl: "bbr"}
+	r.Daemon.PeakRSSKiB = 65072
+	cpu := 4.5
+	for _, c := range cases {
+		if c.Name != "tcp-1" && c.Name != "ping" {
+			continue
+		}
+		rec := &caseRecord{Name: c.Name, Title: c.Title, TCP: c.TCP, Metrics: c.Metrics}
+		for rep := 1; rep <= 2; rep++ {
+			for _, side := range []string{"kernel", "uloop"} {
+				vals := map[string]float64{}
+				for i, m := range c.Metrics {
+					v := float64(10 * (i + 1) * rep)
+					if side == "uloop" {
+						v /= 4
+					}
+					vals[m.Key] = v
+				}
+				run := runRecord{Side: side, Rep: rep, Values: vals, WallSeconds: 5}
+				if side == "uloop" {
+					run.DaemonCPUSeconds = &cpu
+				}
+				rec.Runs = append(rec.Runs, run)
+			}
+		}
+		rec.summarize()
+		r.Cases = append(r.Cases, rec)
+	}
+	return r
+}
+
+func TestMarkdown(t *testing.T) {
+	md := sampleReport().markdown()
+	for _, want := range []string{
+		"| Case | Metric | kernel lo | uloop | uloop/kernel |",
+		"| iperf3 TCP, 1 stream | throughput, Gbit/s ↑ | 15.0 (10.0–20.0) | 3.75 (2.50–5.00) | **0.25** (0.25–0.25) |",
+		"|  | retransmits, segments ↓ | 30 (20–40) | 8 (5–10) | – |",
+		"| ping 127.0.0.1 (ICMP echo, one at a time) | p50, µs ↓ |",
+		"MTU: kernel side lo 65536; uloop side ulo0 65535",
+		"Test CPU (2 CPUs), Linux 6.18.0",
+		"| CPU (utime+stime) over the uloop runs of the TCP cases | 9.00 s in 10.0 s (90% of one core) |",
+		"| peak RSS (VmHWM) | 63.5 MiB |",
+	} {
+		if !strings.Contains(md, want) {
+			t.Errorf("markdown lacks %q; got:\n%s", want, md)
+		}
+	}
+}
+
+func TestWriteReport(t *testing.T) {
+	r := sampleReport()
+	dir := filepath.Join(t.TempDir(), "out")
+	if err := r.write(dir, r.markdown()); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"bench.json", "bench.md", "bench.png", "bench.svg"} {
+		st, err := os.Stat(filepath.Join(dir, name))
+		if err != nil || st.Size() == 0 {
+			t.Errorf("%s: got %v, want a non-empty file", name, err)
+		}
+	}
+	png, _ := os.ReadFile(filepath.Join(dir, "bench.png"))
+	if !bytes.HasPrefix(png, []byte("\x89PNG\r\n\x1a\n")) {
+		t.Errorf("bench.png: got %.8q, want a PNG signature", png)
+	}
+	var back report
+	b, _ := os.ReadFile(filepath.Join(dir, "bench.json"))
+	if err := json.Unmarshal(b, &back); err != nil {
+		t.Fatalf("bench.json: %v", err)
+	}
+	if len(back.Cases) != 2 || back.Cases[0].Summary["gbps"].Ratio.Median != 0.25 {
+		t.Errorf("bench.json round trip: got %d cases, want 2 with tcp-1's ratio 0.25", len(back.Cases))
+	}
+}
+
+// A case with no successful pair still charts (as "n/a"), and so does a
+// report with no latency case.
+func TestChartsPartial(t *testing.T) {
+	r := sampleReport()
+	r.Cases = r.Cases[:1]
+	r.Cases[0].Summary["gbps"] = metricSummary{}
+	written, err := writeCharts(r, t.TempDir())
+	if err != nil || len(written) != 2 {
+		t.Fatalf("got %v, %v; want two files", written, err)
+	}
+}
+
+// The Go TCP clients against an in-process echo server on 127.0.0.1 (the
+// host's loopback, no root needed).
+func TestGoClients(t *testing.T) {
+	l, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				b := make([]byte, 1)
+				for {
+					if _, err := c.Read(b); err != nil {
+						return
+					}
+					if _, err := c.Write(b); err != nil {
+						return
+					}
+				}
+			}()
+		}
+	}()
+	rr, err := tcpRR(l.Addr().String(), 200*time.Millisecond)
+	if err != nil {
+		t.Fatalf("tcpRR: %v", err)
+	}
+	if rr.Count == 0 || rr.PerSecond <= 0 || rr.Latency.P50US <= 0 || rr.Latency.P99US < rr.Latency.P50US {
+		t.Errorf("tcpRR: got %+v, want round trips with p99 >= p50 > 0", rr)
+	}
+	crr, err := tcpCRR(l.Addr().String(), 200*time.Millisecond)
+	if err != nil {
+		t.Fatalf("tcpCRR: %v", err)
+	}
+	if crr.Connections == 0 || crr.Failed != 0 || crr.PerSecond <= 0 {
+		t.Errorf("tcpCRR: got %+v, want connections and no failures", crr)
+	}
+	l.Close()
+	crr, err = tcpCRR(l.Addr().String(), 100*time.Millisecond)
+	if err == nil {
+		t.Errorf("tcpCRR with no server: got %+v, want a warm-up error", crr)
+	}
+}

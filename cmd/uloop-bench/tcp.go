@@ -1,0 +1,286 @@
+package main
+
+// The TCP latency and connection-rate cases: a Go echo server and client,
+// each a hidden subcommand of this binary run inside the namespace through
+// `ip netns exec` (a process entirely in the namespace, so every socket and
+// goroutine is there; setns on one locked thread would hold only that
+// thread's sockets).
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"os/signal"
+	"syscall"
+	"time"
+)
+
+const (
+	cmdEchoServer = "_echo-server"
+	cmdTCPRR      = "_tcp-rr"
+	cmdTCPCRR     = "_tcp-crr"
+)
+
+// rrResult is what `_tcp-rr` prints: 1-byte request/response round trips on
+// one connection.
+type rrResult struct {
+	Count     int            `json:"count"`
+	Seconds   float64        `json:"seconds"`
+	PerSecond float64        `json:"per_second"`
+	Latency   latencySummary `json:"latency"`
+}
+
+// crrResult is what `_tcp-crr` prints: connections each opened, used for one
+// 1-byte request/response and closed, one after the other.
+type crrResult struct {
+	Connections int            `json:"connections"`
+	Failed      int            `json:"failed"`
+	FirstError  string         `json:"first_error,omitempty"`
+	Seconds     float64        `json:"seconds"`
+	PerSecond   float64        `json:"per_second"`
+	Latency     latencySummary `json:"latency"` // connect to close
+}
+
+// subcommand runs a hidden subcommand if args names one.
+func subcommand(args []string) (handled bool, code int) {
+	if len(args) == 0 {
+		return false, 0
+	}
+	var err error
+	switch args[0] {
+	case cmdEchoServer:
+		err = echoServer()
+	case cmdTCPRR, cmdTCPCRR:
+		fs := flag.NewFlagSet(args[0], flag.ContinueOnError)
+		addr := fs.String("addr", "", "server address")
+		d := fs.Duration("duration", 5*time.Second, "how long to measure")
+		if err := fs.Parse(args[1:]); err != nil {
+			return true, 2
+		}
+		var res any
+		if args[0] == cmdTCPRR {
+			res, err = tcpRR(*addr, *d)
+		} else {
+			res, err = tcpCRR(*addr, *d)
+		}
+		if err == nil {
+			err = json.NewEncoder(os.Stdout).Encode(res)
+		}
+	default:
+		return false, 0
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "uloop-bench %s: %v\n", args[0], err)
+		return true, 1
+	}
+	return true, 0
+}
+
+// echoServer listens on 127.0.0.1 (a port the kernel picks), prints the port
+// on a line of its own once listening (the harness's readiness signal), and
+// echoes every byte it reads on every connection until SIGTERM or SIGKILL.
+func echoServer() error {
+	l, err := net.ListenTCP("tcp4", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		return err
+	}
+	fmt.Printf("%d\n", l.Addr().(*net.TCPAddr).Port)
+	go func() {
+		c := make(chan os.Signal, 1)
+		signal.Notify(c, syscall.SIGTERM, syscall.SIGINT)
+		<-c
+		l.Close()
+	}()
+	for {
+		c, err := l.AcceptTCP()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			// EMFILE and the like: say so, keep serving.
+			fmt.Fprintf(os.Stderr, "accept: %v\n", err)
+			time.Sleep(10 * time.Millisecond)
+			continue
+		}
+		go func() {
+			defer c.Close()
+			c.SetNoDelay(true)
+			var b [1]byte
+			for {
+				if _, err := c.Read(b[:]); err != nil {
+					return
+				}
+				if _, err := c.Write(b[:]); err != nil {
+					return
+				}
+			}
+		}()
+	}
+}
+
+// roundTrip sends one byte and reads the one echoed.
+func roundTrip(c net.Conn, b []byte) error {
+	if _, err := c.Write(b[:1]); err != nil {
+		return err
+	}
+	_, err := io.ReadFull(c, b[:1])
+	return err
+}
+
+// tcpRR measures round trips of 1 byte on one TCP_NODELAY connection for d,
+// after a short warm-up.
+func tcpRR(addr string, d time.Duration) (rrResult, error) {
+	c, err := net.DialTimeout("tcp4", addr, 5*time.Second)
+	if err != nil {
+		return rrResult{}, err
+	}
+	defer c.Close()
+	// Go sets TCP_NODELAY on every TCP connection; said here because the
+	// case is about it.
+	if err := c.(*net.TCPConn).SetNoDelay(true); err != nil {
+		return rrResult{}, err
+	}
+	b := []byte{'x'}
+	for range 200 {
+		if err := roundTrip(c, b); err != nil {
+			return rrResult{}, fmt.Errorf("warm-up: %w", err)
+		}
+	}
+	samples := make([]time.Duration, 0, 1<<16)
+	start := time.Now()
+	end := start.Add(d)
+	for t0 := start; t0.Before(end); {
+		if err := roundTrip(c, b); err != nil {
+			return rrResult{}, fmt.Errorf("after %d round trips: %w", len(samples), err)
+		}
+		t1 := time.Now()
+		samples = append(samples, t1.Sub(t0))
+		t0 = t1
+	}
+	secs := time.Since(start).Seconds()
+	return rrResult{
+		Count:     len(samples),
+		Seconds:   secs,
+		PerSecond: float64(len(samples)) / secs,
+		Latency:   summarizeDurations(samples),
+	}, nil
+}
+
+// tcpCRR opens connections one after the other for d: connect, 1-byte
+// request and response, close. The client closes first, so TIME_WAIT is on
+// its side; the namespace's net.ipv4.tcp_tw_reuse (2 by default: loopback
+// addresses only, which 127.0.0.1 is on either side) lets it reuse those
+// ports after a second, so ~28000 ephemeral ports last at any rate below
+// 28000/s. A failed connection is counted and the run goes on: the rate is
+// that of the connections that succeeded over the whole time.
+func tcpCRR(addr string, d time.Duration) (crrResult, error) {
+	var r crrResult
+	dialer := net.Dialer{Timeout: 2 * time.Second}
+	b := []byte{'x'}
+	one := func() error {
+		c, err := dialer.Dial("tcp4", addr)
+		if err != nil {
+			return err
+		}
+		err = roundTrip(c, b)
+		return errors.Join(err, c.Close())
+	}
+	for range 50 {
+		if err := one(); err != nil {
+			return r, fmt.Errorf("warm-up: %w", err)
+		}
+	}
+	samples := make([]time.Duration, 0, 1<<15)
+	start := time.Now()
+	end := start.Add(d)
+	for t0 := start; t0.Before(end); {
+		err := one()
+		t1 := time.Now()
+		if err != nil {
+			r.Failed++
+			if r.FirstError == "" {
+				r.FirstError = err.Error()
+			}
+		} else {
+			samples = append(samples, t1.Sub(t0))
+		}
+		t0 = t1
+	}
+	r.Seconds = time.Since(start).Seconds()
+	r.Connections = len(samples)
+	r.PerSecond = float64(r.Connections) / r.Seconds
+	r.Latency = summarizeDurations(samples)
+	return r, nil
+}
+
+// goServer is a running `_echo-server` in a namespace.
+type goServer struct {
+	cmd  *exec.Cmd
+	addr string
+	done chan struct{}
+}
+
+// startEchoServer starts `_echo-server` in n and waits for the port it prints
+// once it listens.
+func (h *harness) startEchoServer(ctx context.Context, n *netNS) (*goServer, error) {
+	portc := make(chan string, 1)
+	out := &lineLog{max: 20}
+	out.onLine = func(line string) {
+		select {
+		case portc <- line:
+		default:
+		}
+	}
+	cmd := h.procs.command(ctx, n, h.self, cmdEchoServer)
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := h.procs.start(cmd); err != nil {
+		return nil, fmt.Errorf("starting echo server: %w", err)
+	}
+	s := &goServer{cmd: cmd, done: make(chan struct{})}
+	go func() { h.procs.wait(cmd); close(s.done) }()
+	select {
+	case p := <-portc:
+		s.addr = net.JoinHostPort("127.0.0.1", p)
+		return s, nil
+	case <-s.done:
+		return nil, fmt.Errorf("echo server exited: %s", out.tail(10))
+	case <-time.After(10 * time.Second):
+		s.stop()
+		return nil, errors.New("echo server did not start listening within 10s")
+	}
+}
+
+func (s *goServer) stop() {
+	killGroup(s.cmd)
+	<-s.done
+}
+
+// runGoClient runs a `_tcp-rr` or `_tcp-crr` client in n against a fresh
+// echo server and decodes the JSON it prints into res.
+func (h *harness) runGoClient(ctx context.Context, n *netNS, sub string, res any) error {
+	srv, err := h.startEchoServer(ctx, n)
+	if err != nil {
+		return err
+	}
+	defer srv.stop()
+	argv := []string{h.self, sub, "-addr", srv.addr, "-duration", h.cfg.duration.String()}
+	cctx, cancel := context.WithTimeout(ctx, h.cfg.duration+30*time.Second)
+	defer cancel()
+	cmd := h.procs.command(cctx, n, argv...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := h.procs.run(cmd); err != nil {
+		return exitDetail(append([]string{"uloop-bench"}, argv[1:]...), err, stderr.Bytes())
+	}
+	if err := json.Unmarshal(stdout.Bytes(), res); err != nil {
+		return fmt.Errorf("%s output: %w", sub, err)
+	}
+	return nil
+}
