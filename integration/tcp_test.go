@@ -304,14 +304,16 @@ func sysctlInts(t *testing.T, ns *netNS, path string) []int64 {
 // bytes a client can write before blocking are bounded by what the path can
 // hold: the client's send buffer (at most tcp_wmem[2]) plus the server's
 // receive buffer (at most tcp_rmem[2]), plus, through uloopd, what the daemon
-// holds for one connection (assumed at most 16 MiB: both gVisor endpoints'
-// buffers and the relay's copy buffer). The namespace defaults here are 4 MiB
-// and up to 32 MiB (copied from the host), so the bound is at most 52 MiB;
+// holds for one direction of a connection (docs/architecture.md: gVisor's
+// receive buffer on the client side, the relay's copy buffer and gVisor's
+// send buffer on the server side, 4 MiB + 256 KiB + 4 MiB). The namespace
+// defaults here are 4 MiB and up to 32 MiB (copied from the host), so the
+// bound is at most about 44 MiB;
 // the test requires both that bound and < 64 MiB. After the client stops,
 // the server reads everything that was accepted: nothing may be lost.
 func testTCPBackpressure(t *testing.T, e *env) {
 	const (
-		daemonBound = 16 << 20
+		daemonBound = 4<<20 + 256<<10 + 4<<20
 		hardLimit   = 64 << 20
 		chunk       = 256 << 10
 	)

@@ -162,11 +162,6 @@ func (h *harness) runCases(ctx context.Context, rep *report) int {
 				fmt.Fprintf(os.Stderr, "uloop-bench: [%d/%d] %-13s run %d/%d  %-6s ... ", ci+1, len(sel), c.Name, r, h.cfg.runs, n.side)
 				run := h.runOne(ctx, c, n, r)
 				rec.Runs = append(rec.Runs, run)
-				if run.Warning != "" {
-					fmt.Fprintf(os.Stderr, "%s (%.1f s)\n    WARNING: %s\n", describe(c.Metrics, run.Values), run.WallSeconds, run.Warning)
-					rep.Warnings = append(rep.Warnings, fmt.Sprintf("%s run %d %s: %s", c.Name, r, n.side, run.Warning))
-					continue
-				}
 				if run.Error != "" {
 					if ctx.Err() != nil {
 						fmt.Fprintln(os.Stderr, "interrupted")
@@ -175,6 +170,11 @@ func (h *harness) runCases(ctx context.Context, rep *report) int {
 					fmt.Fprintf(os.Stderr, "FAILED\n    %s\n", strings.ReplaceAll(run.Error, "\n", "\n    "))
 					rep.Errors = append(rep.Errors, fmt.Sprintf("%s run %d %s: %s", c.Name, r, n.side, firstLine(run.Error)))
 					status = 1
+					continue
+				}
+				if run.Warning != "" {
+					fmt.Fprintf(os.Stderr, "%s (%.1f s)\n    WARNING: %s\n", describe(c.Metrics, run.Values), run.WallSeconds, run.Warning)
+					rep.Warnings = append(rep.Warnings, fmt.Sprintf("%s run %d %s: %s", c.Name, r, n.side, run.Warning))
 					continue
 				}
 				fmt.Fprintf(os.Stderr, "%s (%.1f s)\n", describe(c.Metrics, run.Values), run.WallSeconds)
@@ -215,6 +215,10 @@ func (h *harness) runOne(ctx context.Context, c benchCase, n *netNS, rep int) ru
 		err = checkValues(c.Metrics, vals)
 	}
 	if err != nil {
+		if rec.Warning != "" {
+			err = fmt.Errorf("%w (%s)", err, rec.Warning)
+			rec.Warning = ""
+		}
 		rec.Error = err.Error()
 		return rec
 	}

@@ -160,6 +160,6 @@ func serve(o options, rcfg route.Config, log *slog.Logger) (err error) {
 		log.Info("stopping", "reason", "signal")
 		return nil
 	case <-st.Done():
-		return fmt.Errorf("TUN device %s failed: %w", o.dev, st.Err())
+		return fmt.Errorf("reading TUN device %s: %w (was it deleted?)", o.dev, st.Err())
 	}
 }
