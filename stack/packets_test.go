@@ -1,12 +1,8 @@
 package stack
 
 import (
-	"reflect"
-	"unsafe"
-
 	"github.com/uloop/uloop/tundev/tundevtest"
 	"gvisor.dev/gvisor/pkg/tcpip"
-	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
 	"gvisor.dev/gvisor/pkg/tcpip/checksum"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 )
@@ -42,11 +38,4 @@ func echoRequest(src, dst [4]byte, id, seq uint16, data []byte) []byte {
 	copy(m[header.ICMPv4MinimumSize:], data)
 	h.SetChecksum(^checksum.Checksum(m, 0))
 	return ipv4Packet(src, dst, header.ICMPv4ProtocolNumber, m)
-}
-
-// gonetEndpoint digs the tcpip.Endpoint out of a gonet.TCPConn, which does
-// not export it, so a test can set SO_LINGER as a kernel program would.
-func gonetEndpoint(c *gonet.TCPConn) tcpip.Endpoint {
-	f := reflect.ValueOf(c).Elem().FieldByName("ep")
-	return *(*tcpip.Endpoint)(unsafe.Pointer(f.UnsafeAddr()))
 }

@@ -13,6 +13,8 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv6"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
+	"gvisor.dev/gvisor/pkg/waiter"
 )
 
 func addr4(a, b, c, d byte, port uint16) tcpip.FullAddress {
@@ -130,30 +132,35 @@ func TestTCPReset(t *testing.T) {
 		c, _ := ln.Accept()
 		accepted <- c
 	}()
-	c, err := gonet.DialTCP(k.gv, addr4(127, 0, 0, 1, 8002), ipv4.ProtocolNumber)
-	if err != nil {
-		t.Fatalf("dial: %v", err)
+	// A raw endpoint rather than gonet.DialTCP, so the test can set
+	// SO_LINGER as a kernel program would.
+	var wq waiter.Queue
+	ep, tcpErr := k.gv.NewEndpoint(tcp.ProtocolNumber, ipv4.ProtocolNumber, &wq)
+	if tcpErr != nil {
+		t.Fatalf("NewEndpoint: %v", tcpErr)
 	}
+	entry, connected := waiter.NewChannelEntry(waiter.WritableEvents)
+	wq.EventRegister(&entry)
+	if err := ep.Connect(addr4(127, 0, 0, 1, 8002)); err != nil {
+		if _, ok := err.(*tcpip.ErrConnectStarted); !ok {
+			t.Fatalf("connect: %v", err)
+		}
+		<-connected
+	}
+	wq.EventUnregister(&entry)
 	sc := <-accepted
 	if sc == nil {
 		t.Fatal("accept failed")
 	}
 	defer sc.Close()
-	// gonet has no SO_LINGER; Abort is what linger 0 does.
-	abortGonet(t, c)
+	// SO_LINGER 0 then close(2) sends a RST instead of a FIN.
+	ep.SocketOptions().SetLinger(tcpip.LingerOption{Enabled: true, Timeout: 0})
+	ep.Close()
 	sc.SetReadDeadline(time.Now().Add(5 * time.Second))
 	_, err = sc.Read(make([]byte, 1))
 	if err == nil || !bytes.Contains([]byte(err.Error()), []byte("reset")) {
 		t.Fatalf("server read error = %v, want connection reset", err)
 	}
-}
-
-func abortGonet(t *testing.T, c *gonet.TCPConn) {
-	t.Helper()
-	// SetLinger(0) then Close sends a RST, as close(2) does with SO_LINGER 0.
-	ep := gonetEndpoint(c)
-	ep.SocketOptions().SetLinger(tcpip.LingerOption{Enabled: true, Timeout: 0})
-	ep.Close()
 }
 
 // TestUDPRelay: datagrams of every size keep their boundaries and the
