@@ -19,6 +19,8 @@ type Metrics struct {
 	UDPFlowsActive  atomic.Int64
 	UDPFlowsExpired atomic.Uint64 // flows closed after the idle timeout
 
+	FlowsRejected atomic.Uint64 // new flows refused because MaxFlows were relayed
+
 	ICMPEchoReplies    atomic.Uint64 // echo requests answered by the stack
 	PassthroughPackets atomic.Uint64 // packets written back to the kernel unchanged
 	DroppedPackets     atomic.Uint64 // packets read that were not IPv4, or malformed

@@ -42,6 +42,9 @@ type relay struct {
 
 	// wg counts the relay's goroutines.
 	wg sync.WaitGroup
+	// flowCount is the number of flows relayed or being set up, held
+	// under cfg.MaxFlows by admit and release.
+	flowCount atomic.Int64
 
 	// mu guards flows and closed.
 	mu sync.Mutex
@@ -72,6 +75,20 @@ func (r *relay) track(f flow) bool {
 	r.flows[f] = struct{}{}
 	return true
 }
+
+// admit reserves room for one more flow; false means the limit is reached
+// and the caller must refuse the flow.
+func (r *relay) admit() bool {
+	if r.flowCount.Add(1) > int64(r.cfg.MaxFlows) {
+		r.flowCount.Add(-1)
+		r.metrics.FlowsRejected.Add(1)
+		return false
+	}
+	return true
+}
+
+// release gives back what admit reserved.
+func (r *relay) release() { r.flowCount.Add(-1) }
 
 func (r *relay) untrack(f flow) {
 	r.mu.Lock()
@@ -141,6 +158,16 @@ func (r *relay) handleTCP(req *tcp.ForwarderRequest) {
 	id := req.ID()
 	client := tcpip.FullAddress{Addr: id.RemoteAddress, Port: id.RemotePort}
 	server := tcpip.FullAddress{NIC: TUNNIC, Addr: id.LocalAddress, Port: id.LocalPort}
+	if !r.admit() {
+		req.Complete(true)
+		return
+	}
+	admitted := true
+	defer func() {
+		if admitted {
+			r.release()
+		}
+	}()
 
 	b, err := r.dialTCP(client, server)
 	if err != nil {
@@ -170,6 +197,7 @@ func (r *relay) handleTCP(req *tcp.ForwarderRequest) {
 		f.b.ep.Close()
 		return
 	}
+	admitted = false // released by done
 	r.metrics.TCPConnections.Add(1)
 	r.metrics.TCPConnectionsActive.Add(1)
 	r.wg.Add(2)
@@ -182,6 +210,7 @@ func (r *relay) handleTCP(req *tcp.ForwarderRequest) {
 			f.a.ep.Close()
 			f.b.ep.Close()
 			r.untrack(f)
+			r.release()
 			r.metrics.TCPConnectionsActive.Add(-1)
 		}
 		r.wg.Done()
@@ -193,6 +222,7 @@ func (r *relay) handleTCP(req *tcp.ForwarderRequest) {
 // dialTCP connects from the client's address to the server through the TUN
 // device and waits for the kernel to answer.
 func (r *relay) dialTCP(client, server tcpip.FullAddress) (conn, tcpip.Error) {
+	r.retireTimeWait(client, server)
 	c, err := r.newMirrorEndpoint(tcp.ProtocolNumber, client)
 	if err != nil {
 		return conn{}, err
@@ -219,6 +249,27 @@ func (r *relay) dialTCP(client, server tcpip.FullAddress) (conn, tcpip.Error) {
 	return c, nil
 }
 
+// retireTimeWait ends the stack's endpoint that still holds the tuple client
+// -> server in TIME-WAIT from an earlier relayed connection. The kernel
+// keeps TIME-WAIT for its own sockets and reuses a loopback port once that
+// is safe (tcp_tw_reuse); when it does, the SYN it sends is proof that the
+// old connection is over, and the stack's copy of the tuple would otherwise
+// make the mirrored connect fail, turning the client's connect into
+// ECONNREFUSED. (gVisor's own TIME-WAIT reuse only applies to ephemeral
+// ports, and this one is bound explicitly.)
+func (r *relay) retireTimeWait(client, server tcpip.FullAddress) {
+	id := stack.TransportEndpointID{
+		LocalAddress: client.Addr, LocalPort: client.Port,
+		RemoteAddress: server.Addr, RemotePort: server.Port,
+	}
+	ep, ok := r.gv.FindTransportEndpoint(ipv4.ProtocolNumber, tcp.ProtocolNumber, id, TUNNIC).(*tcp.Endpoint)
+	if ok && ep.EndpointState() == tcp.StateTimeWait {
+		// The RST this sends finds no kernel socket, or one in TIME-WAIT
+		// that the new connection replaces anyway.
+		ep.Abort()
+	}
+}
+
 // pipeTCP copies src to dst until src's peer closes its write side (then it
 // shuts dst's write side, carrying the half-close) or either side fails
 // (then it aborts the flow, so a RST on one side becomes a RST on the other).
@@ -230,12 +281,16 @@ func (r *relay) pipeTCP(f *tcpFlow, src, dst conn) {
 	dst.wq.EventRegister(&outEntry)
 	defer dst.wq.EventUnregister(&outEntry)
 
-	bp := r.bufs.Get().(*[]byte)
-	defer r.bufs.Put(bp)
 	var rd bytes.Reader
 	for {
+		// The copy buffer is taken only while there is data to move, so
+		// an idle connection holds none.
+		bp := r.bufs.Get().(*[]byte)
 		w := tcpip.SliceWriter(*bp)
 		res, err := src.ep.Read(&w, tcpip.ReadOptions{})
+		if err != nil {
+			r.bufs.Put(bp)
+		}
 		switch err.(type) {
 		case nil:
 		case *tcpip.ErrWouldBlock:
@@ -248,21 +303,31 @@ func (r *relay) pipeTCP(f *tcpFlow, src, dst conn) {
 			f.abort()
 			return
 		}
-		data := (*bp)[:res.Count]
-		for len(data) > 0 {
-			rd.Reset(data)
-			n, err := dst.ep.Write(&rd, tcpip.WriteOptions{})
-			data = data[n:]
-			switch err.(type) {
-			case nil:
-			case *tcpip.ErrWouldBlock:
-				<-writable
-			default:
-				f.abort()
-				return
-			}
+		ok := writeAll(dst, (*bp)[:res.Count], &rd, writable)
+		r.bufs.Put(bp)
+		if !ok {
+			f.abort()
+			return
 		}
 	}
+}
+
+// writeAll writes data into dst's send buffer, waiting for room as needed;
+// false means dst failed.
+func writeAll(dst conn, data []byte, rd *bytes.Reader, writable <-chan struct{}) bool {
+	for len(data) > 0 {
+		rd.Reset(data)
+		n, err := dst.ep.Write(rd, tcpip.WriteOptions{})
+		data = data[n:]
+		switch err.(type) {
+		case nil:
+		case *tcpip.ErrWouldBlock:
+			<-writable
+		default:
+			return false
+		}
+	}
+	return true
 }
 
 // --- UDP ---
@@ -307,11 +372,16 @@ func (f *udpFlow) abort() { f.end() }
 // nothing ever releases (CreateEndpoint clones it again for the receive
 // queue), and which gVisor's leak checker reports once per flow.
 func (r *relay) handleUDPPacket(id stack.TransportEndpointID, pkt *stack.PacketBuffer) bool {
+	if !r.admit() {
+		r.sendPortUnreachable(pkt)
+		return true
+	}
 	return r.handleUDP(udp.NewForwarderRequest(r.gv, id, pkt))
 }
 
 // handleUDP is the UDP forwarder's handler, called inline for the first
-// datagram of each flow; it must not block. Returning true keeps the stack
+// datagram of each flow once admit has reserved room for it; it must not
+// block. Returning true keeps the stack
 // from answering with an ICMP error of its own: if the kernel has no
 // listener, it answers the relayed datagram itself, and that ICMP error
 // passes back to the client unchanged.
@@ -327,6 +397,7 @@ func (r *relay) handleUDP(req *udp.ForwarderRequest) bool {
 		}
 	}
 	if err != nil {
+		r.release()
 		r.metrics.DroppedPackets.Add(1)
 		r.log.Debug("udp flow not relayed", "client", fmtAddr(client), "server", fmtAddr(server), "err", err)
 		return true
@@ -336,6 +407,7 @@ func (r *relay) handleUDP(req *udp.ForwarderRequest) bool {
 	aep, err := req.CreateEndpoint(aq)
 	if err != nil {
 		b.ep.Close()
+		r.release()
 		r.metrics.DroppedPackets.Add(1)
 		r.log.Debug("udp flow not accepted", "client", fmtAddr(client), "server", fmtAddr(server), "err", err)
 		return true
@@ -347,6 +419,7 @@ func (r *relay) handleUDP(req *udp.ForwarderRequest) bool {
 	f.timer = time.AfterFunc(r.cfg.UDPIdleTimeout, func() { r.expireUDP(f) })
 	if !r.track(f) {
 		f.end()
+		r.release()
 		return true
 	}
 	r.metrics.UDPFlows.Add(1)
@@ -359,6 +432,7 @@ func (r *relay) handleUDP(req *udp.ForwarderRequest) bool {
 		once.Do(func() {
 			f.end()
 			r.untrack(f)
+			r.release()
 			r.metrics.UDPFlowsActive.Add(-1)
 		})
 		r.wg.Done()
@@ -390,12 +464,14 @@ func (r *relay) pipeUDP(f *udpFlow, src, dst conn) {
 	src.wq.EventRegister(&inEntry)
 	defer src.wq.EventUnregister(&inEntry)
 
-	bp := r.bufs.Get().(*[]byte)
-	defer r.bufs.Put(bp)
 	var rd bytes.Reader
 	for {
+		bp := r.bufs.Get().(*[]byte)
 		w := tcpip.SliceWriter(*bp)
 		res, err := src.ep.Read(&w, tcpip.ReadOptions{})
+		if err != nil {
+			r.bufs.Put(bp)
+		}
 		switch err.(type) {
 		case nil:
 		case *tcpip.ErrWouldBlock:
@@ -418,6 +494,7 @@ func (r *relay) pipeUDP(f *udpFlow, src, dst conn) {
 		if _, err := dst.ep.Write(&rd, tcpip.WriteOptions{}); err != nil {
 			r.metrics.DroppedPackets.Add(1)
 		}
+		r.bufs.Put(bp)
 	}
 }
 

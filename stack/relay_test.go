@@ -354,3 +354,96 @@ func TestIPv6LoopbackInStack(t *testing.T) {
 		t.Errorf("remote address %v, want [::1]:80", c.RemoteAddr())
 	}
 }
+
+// TestMaxFlows: past the limit a new TCP connect is refused and a new UDP
+// flow gets port unreachable, at once, while the flow already relayed
+// keeps working.
+func TestMaxFlows(t *testing.T) {
+	k := newFakeKernel(t, 65535)
+	s := newTestStack(t, k, Config{MaxFlows: 1})
+	ln, err := gonet.ListenTCP(k.gv, addr4(127, 0, 0, 1, 8003), ipv4.ProtocolNumber)
+	if err != nil {
+		t.Fatalf("listen: %v", err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() { defer c.Close(); io.Copy(c, c) }()
+		}
+	}()
+	first, err := gonet.DialTCP(k.gv, addr4(127, 0, 0, 1, 8003), ipv4.ProtocolNumber)
+	if err != nil {
+		t.Fatalf("first dial: %v", err)
+	}
+	defer first.Close()
+
+	start := time.Now()
+	if _, err := gonet.DialTCP(k.gv, addr4(127, 0, 0, 1, 8003), ipv4.ProtocolNumber); err == nil || !bytes.Contains([]byte(err.Error()), []byte("refused")) {
+		t.Fatalf("second dial error = %v, want connection refused", err)
+	}
+	if d := time.Since(start); d > time.Second {
+		t.Errorf("refusal took %v, want at once", d)
+	}
+
+	first.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := first.Write([]byte("still here")); err != nil {
+		t.Fatalf("first connection write: %v", err)
+	}
+	got := make([]byte, len("still here"))
+	if _, err := io.ReadFull(first, got); err != nil || string(got) != "still here" {
+		t.Fatalf("first connection echo: %q, %v", got, err)
+	}
+	if got := s.Metrics().FlowsRejected.Load(); got != 1 {
+		t.Errorf("FlowsRejected = %d, want 1", got)
+	}
+}
+
+// TestMaxFlowsUDP: past the limit the first datagram of a new UDP flow is
+// answered with ICMP port unreachable that quotes it, as the kernel answers
+// a datagram to a port with no socket.
+func TestMaxFlowsUDP(t *testing.T) {
+	out := make(chan []byte, 8)
+	dev := newCaptureDevice(out)
+	s, err := New(Config{Device: dev, MaxFlows: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	datagram := func(srcPort uint16) []byte {
+		u := make([]byte, header.UDPMinimumSize+4)
+		header.UDP(u).Encode(&header.UDPFields{SrcPort: srcPort, DstPort: 5353, Length: uint16(len(u))})
+		copy(u[header.UDPMinimumSize:], "ping")
+		return ipv4Packet([4]byte{127, 0, 0, 1}, [4]byte{127, 0, 0, 1}, header.UDPProtocolNumber, u)
+	}
+	next := func() header.IPv4 {
+		t.Helper()
+		select {
+		case p := <-out:
+			return header.IPv4(p)
+		case <-time.After(5 * time.Second):
+			t.Fatal("nothing written to the device")
+			return nil
+		}
+	}
+	dev.Inject(datagram(40001))
+	if relayed := next(); relayed.TransportProtocol() != header.UDPProtocolNumber {
+		t.Fatalf("first flow: got protocol %d written, want the relayed UDP datagram", relayed.TransportProtocol())
+	}
+	second := datagram(40002)
+	dev.Inject(second)
+	ip := next()
+	icmpHdr := header.ICMPv4(ip.Payload())
+	if ip.TransportProtocol() != header.ICMPv4ProtocolNumber || icmpHdr.Type() != header.ICMPv4DstUnreachable || icmpHdr.Code() != header.ICMPv4PortUnreachable {
+		t.Fatalf("second flow: got protocol %d type %d code %d, want ICMP port unreachable", ip.TransportProtocol(), icmpHdr.Type(), icmpHdr.Code())
+	}
+	if !bytes.Equal(icmpHdr.Payload(), second) {
+		t.Errorf("ICMP quotes % x, want the refused datagram % x", icmpHdr.Payload(), second)
+	}
+	if got := s.Metrics().FlowsRejected.Load(); got != 1 {
+		t.Errorf("FlowsRejected = %d, want 1", got)
+	}
+}

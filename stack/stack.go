@@ -59,6 +59,12 @@ type Config struct {
 	// past it are dropped (the client retransmits). Zero means
 	// DefaultMaxInFlight.
 	MaxInFlight int
+	// MaxFlows bounds the TCP connections and UDP flows relayed at once
+	// (each holds endpoints, goroutines and buffers). Past it a new TCP
+	// connect gets a RST and a new UDP flow an ICMP port unreachable, at
+	// once, counted in Metrics.FlowsRejected; existing flows are untouched.
+	// Zero means DefaultMaxFlows.
+	MaxFlows int
 }
 
 // Defaults for Config.
@@ -66,6 +72,7 @@ const (
 	DefaultUDPIdleTimeout = 60 * time.Second
 	DefaultDialTimeout    = 20 * time.Second
 	DefaultMaxInFlight    = 1024
+	DefaultMaxFlows       = 16384
 )
 
 // Stack is a running gVisor stack on a TUN device.
@@ -92,6 +99,9 @@ func New(cfg Config) (*Stack, error) {
 	}
 	if cfg.MaxInFlight == 0 {
 		cfg.MaxInFlight = DefaultMaxInFlight
+	}
+	if cfg.MaxFlows == 0 {
+		cfg.MaxFlows = DefaultMaxFlows
 	}
 
 	gv := stack.New(stack.Options{
@@ -167,7 +177,12 @@ func setTCPOptions(gv *stack.Stack) tcpip.Error {
 	moderate := tcpip.TCPModerateReceiveBufferOption(true)
 	rcv := tcpip.TCPReceiveBufferSizeRangeOption{Min: 4096, Default: tcpBufferDefault, Max: tcpBufferMax}
 	snd := tcpip.TCPSendBufferSizeRangeOption{Min: 4096, Default: tcpBufferDefault, Max: tcpBufferMax}
-	for _, opt := range []tcpip.SettableTransportProtocolOption{&sack, &moderate, &rcv, &snd} {
+	// TIME-WAIT guards against a late duplicate of an old segment. Between
+	// the stack and the kernel there is no network to delay one, and the
+	// kernel's sockets keep their own TIME-WAIT; gVisor's default of 60 s
+	// would only keep a closed connection's endpoint (and its tuple) around.
+	timeWait := tcpip.TCPTimeWaitTimeoutOption(time.Second)
+	for _, opt := range []tcpip.SettableTransportProtocolOption{&sack, &moderate, &rcv, &snd, &timeWait} {
 		if err := gv.SetTransportProtocolOption(tcp.ProtocolNumber, opt); err != nil {
 			return err
 		}

@@ -2,6 +2,7 @@ package stack
 
 import (
 	"gvisor.dev/gvisor/pkg/buffer"
+	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/checksum"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
@@ -34,16 +35,52 @@ func (r *relay) handleEcho(_ stack.TransportEndpointID, pkt *stack.PacketBuffer)
 	h.SetChecksum(0)
 	h.SetChecksum(^checksum.Checksum(b, 0))
 
+	if r.writeICMP(local, remote, tos, reply) {
+		r.metrics.ICMPEchoReplies.Add(1)
+	}
+	return true
+}
+
+// icmpQuoteMax is how much of an offending packet an ICMP error quotes:
+// as much as keeps the error within 576 bytes, as Linux does (RFC 1812
+// 4.3.2.3).
+const icmpQuoteMax = 576 - header.IPv4MinimumSize - header.ICMPv4MinimumSize
+
+// sendPortUnreachable answers pkt, a UDP datagram the relay refuses, with
+// ICMP port unreachable from its destination, as the kernel does for a port
+// with no socket; a connected client socket then sees ECONNREFUSED. gVisor
+// sends none itself for a promiscuous NIC's temporary addresses.
+func (r *relay) sendPortUnreachable(pkt *stack.PacketBuffer) {
+	ip := header.IPv4(pkt.NetworkHeader().Slice())
+	quote := stack.PayloadSince(pkt.NetworkHeader())
+	defer quote.Release()
+	q := quote.AsSlice()
+	if len(q) > icmpQuoteMax {
+		q = q[:icmpQuoteMax]
+	}
+	msg := buffer.NewViewSize(header.ICMPv4MinimumSize + len(q))
+	b := msg.AsSlice()
+	h := header.ICMPv4(b)
+	h.SetType(header.ICMPv4DstUnreachable)
+	h.SetCode(header.ICMPv4PortUnreachable)
+	copy(b[header.ICMPv4MinimumSize:], q)
+	h.SetChecksum(^checksum.Checksum(b, 0))
+	r.writeICMP(ip.DestinationAddress(), ip.SourceAddress(), 0, msg)
+}
+
+// writeICMP sends the ICMP message msg (which it takes) from local to
+// remote through the TUN NIC; spoofing lets local be any 127/8 address.
+func (r *relay) writeICMP(local, remote tcpip.Address, tos uint8, msg *buffer.View) bool {
 	route, err := r.gv.FindRoute(TUNNIC, local, remote, ipv4.ProtocolNumber, false)
 	if err != nil {
-		reply.Release()
+		msg.Release()
 		r.metrics.DroppedPackets.Add(1)
-		return true
+		return false
 	}
 	defer route.Release()
 	out := stack.NewPacketBuffer(stack.PacketBufferOptions{
 		ReserveHeaderBytes: int(route.MaxHeaderLength()),
-		Payload:            buffer.MakeWithView(reply),
+		Payload:            buffer.MakeWithView(msg),
 	})
 	defer out.DecRef()
 	out.TransportProtocolNumber = icmp.ProtocolNumber4
@@ -53,8 +90,7 @@ func (r *relay) handleEcho(_ stack.TransportEndpointID, pkt *stack.PacketBuffer)
 		TOS:      tos,
 	}, out); err != nil {
 		r.metrics.DroppedPackets.Add(1)
-		return true
+		return false
 	}
-	r.metrics.ICMPEchoReplies.Add(1)
 	return true
 }
