@@ -28,8 +28,11 @@ type metric struct {
 
 // A benchCase is one measurement, run in each namespace in turn.
 type benchCase struct {
-	Name    string
-	Title   string
+	Name  string
+	Title string
+	// Command is what runs on each side, for the reader of the results
+	// (T is --time, N is --pings).
+	Command string
 	Metrics []metric
 	// TCP cases make up the daemon CPU total.
 	TCP bool
@@ -47,9 +50,13 @@ var (
 
 func with(m metric, chart string) metric { m.Chart = chart; return m }
 
+func iperfCommand(args []string) string {
+	return strings.Join(append([]string{"iperf3 -c 127.0.0.1 -t T -J"}, args...), " ")
+}
+
 func iperfTCPCase(name, title, chart string, args ...string) benchCase {
 	return benchCase{
-		Name: name, Title: title, TCP: true,
+		Name: name, Title: title, TCP: true, Command: iperfCommand(args),
 		Metrics: []metric{with(mGbps, chart), mRetransmits},
 		run: func(ctx context.Context, h *harness, n *netNS) (map[string]float64, any, error) {
 			f, raw, err := h.runIperf(ctx, n, args)
@@ -59,11 +66,12 @@ func iperfTCPCase(name, title, chart string, args ...string) benchCase {
 }
 
 func iperfUDPCase(name, title, chart string, args ...string) benchCase {
+	args = append([]string{"-u", "-b", "0"}, args...)
 	return benchCase{
-		Name: name, Title: title,
+		Name: name, Title: title, Command: iperfCommand(args),
 		Metrics: []metric{with(mUDPGbps, chart), mLoss},
 		run: func(ctx context.Context, h *harness, n *netNS) (map[string]float64, any, error) {
-			f, raw, err := h.runIperf(ctx, n, append([]string{"-u", "-b", "0"}, args...))
+			f, raw, err := h.runIperf(ctx, n, args)
 			return map[string]float64{"gbps": f.ReceivedGbps, "loss_pct": f.LostPercent}, raw, err
 		},
 	}
@@ -72,12 +80,13 @@ func iperfUDPCase(name, title, chart string, args ...string) benchCase {
 // cases are all the cases, in the order they run.
 var cases = []benchCase{
 	iperfTCPCase("tcp-1", "iperf3 TCP, 1 stream", "TCP 1 stream"),
-	iperfTCPCase("tcp-1-reverse", "iperf3 TCP, 1 stream, reverse (-R)", "TCP -R"),
+	iperfTCPCase("tcp-1-reverse", "iperf3 TCP, 1 stream, reverse (-R)", "TCP -R", "-R"),
 	iperfTCPCase("tcp-4", "iperf3 TCP, 4 streams (-P 4)", "TCP -P 4", "-P", "4"),
 	iperfUDPCase("udp-1400", "iperf3 UDP, 1400 B datagrams", "UDP 1400 B", "-l", "1400"),
 	iperfUDPCase("udp-32k", "iperf3 UDP, 32 KiB datagrams", "UDP 32 KiB", "-l", "32768"),
 	{
 		Name: "ping", Title: "ping 127.0.0.1 (ICMP echo, one at a time)",
+		Command: "ping -n -A -c N 127.0.0.1",
 		Metrics: []metric{with(mP50, "ping p50"), with(mP99, "ping p99")},
 		run: func(ctx context.Context, h *harness, n *netNS) (map[string]float64, any, error) {
 			r, err := h.runPing(ctx, n)
@@ -86,6 +95,7 @@ var cases = []benchCase{
 	},
 	{
 		Name: "tcp-rr", Title: "TCP 1-byte request/response, one connection, TCP_NODELAY", TCP: true,
+		Command: "uloop-bench " + cmdTCPRR + " -duration T, against uloop-bench " + cmdEchoServer,
 		Metrics: []metric{
 			with(mP50, "TCP RR p50"), with(mP99, "TCP RR p99"),
 			{Key: "per_s", Label: "round trips", Unit: "/s", Higher: true},
@@ -98,6 +108,7 @@ var cases = []benchCase{
 	},
 	{
 		Name: "tcp-crr", Title: "TCP connect, 1-byte request/response, close; one client", TCP: true,
+		Command: "uloop-bench " + cmdTCPCRR + " -duration T, against uloop-bench " + cmdEchoServer,
 		Metrics: []metric{
 			{Key: "per_s", Label: "connections", Unit: "/s", Higher: true, Chart: "TCP connect/s"},
 			{Key: "failed", Label: "failed", Unit: "connections", MayBeZero: true, Integer: true},
@@ -108,7 +119,7 @@ var cases = []benchCase{
 			if err == nil && r.Failed > 0 {
 				// A loopback refuses no connection: the figures
 				// stand, with a warning that cannot be missed.
-				err = warning(fmt.Sprintf("%d of %d connections failed, first: %s", r.Failed, r.Failed+r.Connections, r.FirstError))
+				err = warning(fmt.Sprintf("%d connections failed (%d succeeded after the warm-up), first: %s", r.Failed, r.Connections, r.FirstError))
 			}
 			return map[string]float64{"per_s": r.PerSecond, "failed": float64(r.Failed)}, r, err
 		},
@@ -152,7 +163,7 @@ func (h *harness) runCases(ctx context.Context, rep *report) int {
 	sel := h.selectedCases()
 	status := 0
 	for ci, c := range sel {
-		rec := &caseRecord{Name: c.Name, Title: c.Title, TCP: c.TCP, Metrics: c.Metrics}
+		rec := &caseRecord{Name: c.Name, Title: c.Title, Command: c.Command, TCP: c.TCP, Metrics: c.Metrics}
 		rep.Cases = append(rep.Cases, rec)
 		for r := 1; r <= h.cfg.runs; r++ {
 			for _, n := range []*netNS{h.kernel, h.uloop} {

@@ -4,8 +4,10 @@ import (
 	"fmt"
 	"image/color"
 	"io"
+	"math"
 	"os"
 	"path/filepath"
+	"strconv"
 
 	"gonum.org/v1/plot"
 	"gonum.org/v1/plot/plotter"
@@ -143,6 +145,7 @@ func ratioPlot(title string, bars []chartBar) (*plot.Plot, error) {
 		top = max(top, b.ratio.Max)
 	}
 	p.Y.Max = top * 1.3 // room for the labels and the legend
+	p.Y.Tick.Marker = niceTicks{}
 
 	kb, err := plotter.NewBarChart(kernel, width)
 	if err != nil {
@@ -172,6 +175,30 @@ func ratioPlot(title string, bars []chartBar) (*plot.Plot, error) {
 	p.Legend.Add("uloop (median of pair ratios; whisker: their range)", ub)
 	p.NominalX(names...)
 	return p, nil
+}
+
+// niceTicks labels 4 to 10 ticks at steps of 1, 2 or 5 times a power of
+// ten; plot.DefaultTicks may label only the two ends of a 0-to-25 axis.
+type niceTicks struct{}
+
+func (niceTicks) Ticks(lo, hi float64) []plot.Tick {
+	if !(hi > lo) {
+		return nil
+	}
+	mag := math.Pow(10, math.Floor(math.Log10((hi-lo)/4)))
+	step := mag
+	for _, m := range []float64{1, 2, 5, 10} {
+		if step = m * mag; (hi-lo)/step <= 10 {
+			break
+		}
+	}
+	var ticks []plot.Tick
+	for k := math.Ceil(lo / step); k*step <= hi+step*1e-9; k++ {
+		// Through 12 digits and back: 3*0.2 is 0.6000000000000001.
+		v, _ := strconv.ParseFloat(strconv.FormatFloat(k*step, 'g', 12, 64), 64)
+		ticks = append(ticks, plot.Tick{Value: v, Label: strconv.FormatFloat(v, 'g', -1, 64)})
+	}
+	return ticks
 }
 
 // rangeWhiskers draws, over each uloop bar, a line from the lowest to the

@@ -142,6 +142,11 @@ func TestQuickRunEndToEnd(t *testing.T) {
 				t.Errorf("case %s, uloop run %d: uloopd CPU seconds %v, want a figure", c.Name, r.Rep, r.DaemonCPUSeconds)
 			}
 		}
+		for _, r := range c.Runs {
+			if err := checkIperfMode(c.Name, r.Raw); err != nil {
+				t.Errorf("case %s, %s run: %v", c.Name, r.Side, err)
+			}
+		}
 		if sides["kernel"] != 1 || sides["uloop"] != 1 {
 			t.Errorf("case %s: got runs %v, want one per side", c.Name, sides)
 		}
@@ -164,6 +169,42 @@ func TestQuickRunEndToEnd(t *testing.T) {
 			t.Errorf("chart %s: got %v, want a non-empty file", name, err)
 		}
 	}
+}
+
+// checkIperfMode checks, from iperf3's own "end" object, that an iperf3 case
+// ran the test its title promises: the direction, the number of streams, UDP.
+func checkIperfMode(name string, raw any) error {
+	for _, c := range cases {
+		if c.Name == name && !strings.HasPrefix(c.Command, "iperf3 ") {
+			return nil
+		}
+	}
+	end, _ := raw.(map[string]any)
+	if end == nil {
+		return fmt.Errorf("no iperf3 end object in the results")
+	}
+	streams, _ := end["streams"].([]any)
+	sumSent, _ := end["sum_sent"].(map[string]any)
+	sum, _ := end["sum"].(map[string]any)
+	wantStreams, clientSends := 1, true
+	switch name {
+	case "tcp-4":
+		wantStreams = 4
+	case "tcp-1-reverse":
+		clientSends = false
+	}
+	if len(streams) != wantStreams {
+		return fmt.Errorf("iperf3 ran %d streams, want %d", len(streams), wantStreams)
+	}
+	// sum_sent.sender says whether the side that printed the report (the
+	// client) sent: false under -R.
+	if sumSent == nil || sumSent["sender"] != clientSends {
+		return fmt.Errorf("iperf3 end.sum_sent %v: want sender %v", sumSent, clientSends)
+	}
+	if udp := strings.HasPrefix(name, "udp-"); udp != (sum != nil && sum["lost_percent"] != nil) {
+		return fmt.Errorf("iperf3 end.sum %v: UDP case %v", sum, udp)
+	}
+	return nil
 }
 
 // TestInterrupt stops the harness mid-run, while iperf3 runs against uloop,

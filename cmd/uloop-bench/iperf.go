@@ -144,24 +144,23 @@ func (h *harness) runIperf(ctx context.Context, n *netNS, clientArgs []string) (
 	secs := int(h.cfg.duration.Round(time.Second) / time.Second)
 	argv := append([]string{"iperf3", "-c", "127.0.0.1", "-p", strconv.Itoa(port), "-t", strconv.Itoa(secs),
 		"--connect-timeout", "5000", "-J"}, clientArgs...)
-	cctx, cancel := context.WithTimeout(ctx, h.cfg.duration+30*time.Second)
+	limit := h.cfg.duration + 30*time.Second
+	cctx, cancel := context.WithTimeout(ctx, limit)
 	defer cancel()
 	cli := h.procs.command(cctx, n, argv...)
 	var stdout, stderr bytes.Buffer
 	cli.Stdout, cli.Stderr = &stdout, &stderr
 	runErr := h.procs.run(cli)
-	// A failed test still prints JSON, with its reason in "error".
+	// A failed test still prints JSON with its reason in "error" (and
+	// iperf 3.12 may exit 0 all the same), so the JSON is read first.
 	f, perr := parseIperf(stdout.Bytes())
 	switch {
-	case perr == nil && runErr == nil:
-		return f, rawIperfEnd(stdout.Bytes()), nil
-	case perr != nil && runErr == nil:
-		return f, nil, perr
 	case cctx.Err() != nil && ctx.Err() == nil:
-		return f, nil, fmt.Errorf("iperf3 client did not finish within %v", h.cfg.duration+30*time.Second)
-	case perr != nil && stdout.Len() > 0:
-		return f, nil, fmt.Errorf("%v (%w)", perr, runErr)
-	default:
+		return f, nil, fmt.Errorf("iperf3 client did not finish within %v", limit)
+	case perr != nil && (runErr == nil || stdout.Len() > 0):
+		return f, nil, perr
+	case runErr != nil:
 		return f, nil, exitDetail(argv, runErr, stderr.Bytes())
 	}
+	return f, rawIperfEnd(stdout.Bytes()), nil
 }

@@ -1,8 +1,8 @@
 // Command uloop-bench measures uloop against the kernel's own loopback on
 // the same machine in the same run.
 //
-//	sudo bin/uloop-bench                 # 3 interleaved runs per case, ~4 minutes
-//	sudo bin/uloop-bench --quick         # each case once for 2 s, ~1 minute
+//	sudo bin/uloop-bench                 # 3 interleaved runs per case, ~3.5 minutes
+//	sudo bin/uloop-bench --quick         # each case once for 2 s, ~30 s
 //	sudo make bench BENCHFLAGS='--runs 5 --time 10s'
 //
 // It makes two sibling network namespaces, ulb-PID-kernel (only lo, up) and
@@ -238,12 +238,13 @@ func preflight(cfg *config) error {
 
 // setup makes the two namespaces and starts uloopd in one of them.
 //
-//	ulb-PID-kernel                  ulb-PID-uloop
-//	+--------------------+          +------------------------------------+
-//	| lo (up)            |          | lo (up)   ulo0 (TUN) <-> uloopd    |
-//	| client -> 127.0.0.1|          | client -> 127.0.0.1 via ulo0,      |
-//	|   -> lo -> server  |          |   gVisor stack, ulo0 -> server     |
-//	+--------------------+          +------------------------------------+
+//	 ulb-PID-kernel                 ulb-PID-uloop
+//	+---------------------+        +------------------------------------+
+//	| lo (up)             |        | lo (up), ulo0 (TUN), uloopd        |
+//	| client -> 127.0.0.1 |        | client -> 127.0.0.1 -> ulo0        |
+//	|   -> lo -> server   |        |   -> uloopd (gVisor stack) -> ulo0 |
+//	|                     |        |   -> server                        |
+//	+---------------------+        +------------------------------------+
 func (h *harness) setup(ctx context.Context, rep *report) error {
 	pid := os.Getpid()
 	var err error

@@ -198,3 +198,41 @@ func TestParseStatusKiB(t *testing.T) {
 		t.Error("no VmHWM line: got no error, want one")
 	}
 }
+
+// The end-to-end test's check that each iperf3 case ran the mode its title
+// promises, on the captured samples: it accepts the right one and catches a
+// lost -R, -P 4 or -u.
+func TestCheckIperfMode(t *testing.T) {
+	end := func(file string) any {
+		var v any
+		if err := json.Unmarshal(rawIperfEnd(readTestdata(t, file)), &v); err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	tests := []struct {
+		caseName, file string
+		ok             bool
+	}{
+		{"tcp-1", "iperf3-tcp-uloop.json", true},
+		{"tcp-1-reverse", "iperf3-tcp-reverse-uloop.json", true},
+		{"tcp-4", "iperf3-tcp-p4-uloop.json", true},
+		{"udp-1400", "iperf3-udp-1400-uloop.json", true},
+		{"udp-32k", "iperf3-udp-32k-uloop.json", true},
+		{"tcp-1-reverse", "iperf3-tcp-uloop.json", false},
+		{"tcp-1", "iperf3-tcp-reverse-uloop.json", false},
+		{"tcp-4", "iperf3-tcp-uloop.json", false},
+		{"udp-1400", "iperf3-tcp-uloop.json", false},
+		{"tcp-1", "iperf3-udp-1400-uloop.json", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.caseName+" "+tt.file, func(t *testing.T) {
+			if err := checkIperfMode(tt.caseName, end(tt.file)); (err == nil) != tt.ok {
+				t.Errorf("got %v, want ok=%v", err, tt.ok)
+			}
+		})
+	}
+	if err := checkIperfMode("tcp-1", nil); err == nil {
+		t.Error("no raw object: got no error, want one")
+	}
+}

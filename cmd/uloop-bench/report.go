@@ -82,6 +82,7 @@ type daemonRecord struct {
 type caseRecord struct {
 	Name    string                   `json:"name"`
 	Title   string                   `json:"title"`
+	Command string                   `json:"command"`
 	TCP     bool                     `json:"tcp"`
 	Metrics []metric                 `json:"metrics"`
 	Runs    []runRecord              `json:"runs"`
@@ -213,7 +214,7 @@ func (r *report) markdown() string {
 	}
 	fmt.Fprintf(&b, "%s, interleaved (kernel, uloop, kernel, ...); iperf3 and Go TCP cases %g s each; %d pings per run%s.\n\n",
 		runs, r.Config.DurationSecs, r.Config.Pings, map[bool]string{true: "; --quick", false: ""}[r.Config.Quick])
-	b.WriteString("Each side: median (min–max) over its runs. uloop/kernel: the ratio within each back-to-back pair of runs, median (min–max) over the pairs. No ratio for counts that may be 0 (retransmits, loss). ↑ higher is better, ↓ lower is better.\n\n")
+	b.WriteString("Each side: median (min–max) over its runs. uloop/kernel: the ratio within each back-to-back pair of runs, median (min–max) over the pairs. No ratio for counts that may be 0 (retransmits, loss, failed connections). ↑ higher is better, ↓ lower is better.\n\n")
 	b.WriteString("| Case | Metric | kernel lo | uloop | uloop/kernel |\n")
 	b.WriteString("|---|---|--:|--:|--:|\n")
 	for _, c := range r.Cases {

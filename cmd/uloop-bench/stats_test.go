@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"math"
 	"net"
@@ -381,5 +382,68 @@ func TestGoClients(t *testing.T) {
 	crr, err = tcpCRR(l.Addr().String(), 100*time.Millisecond)
 	if err == nil {
 		t.Errorf("tcpCRR with no server: got %+v, want a warm-up error", crr)
+	}
+}
+
+func TestNiceTicks(t *testing.T) {
+	tests := []struct {
+		lo, hi float64
+		want   []float64
+	}{
+		{0, 1.3, []float64{0, 0.2, 0.4, 0.6, 0.8, 1, 1.2}},
+		{0, 26.5, []float64{0, 5, 10, 15, 20, 25}},
+		{0, 1.56, []float64{0, 0.2, 0.4, 0.6, 0.8, 1, 1.2, 1.4}},
+		{0, 130, []float64{0, 20, 40, 60, 80, 100, 120}},
+	}
+	for _, tt := range tests {
+		var got []float64
+		for _, tk := range (niceTicks{}).Ticks(tt.lo, tt.hi) {
+			got = append(got, tk.Value)
+		}
+		if !slices.Equal(got, tt.want) {
+			t.Errorf("Ticks(%v, %v): got %v, want %v", tt.lo, tt.hi, got, tt.want)
+		}
+	}
+}
+
+// A warning keeps the run's figures; a failed check turns it into an error.
+func TestRunOneWarning(t *testing.T) {
+	h := &harness{kernel: &netNS{name: "k", side: "kernel"}}
+	mk := func(v float64) benchCase {
+		return benchCase{Name: "w", Metrics: []metric{{Key: "per_s", Label: "connections", Higher: true}},
+			run: func(context.Context, *harness, *netNS) (map[string]float64, any, error) {
+				return map[string]float64{"per_s": v}, nil, warning("3 of 10 connections failed")
+			}}
+	}
+	r := h.runOne(context.Background(), mk(7), h.kernel, 1)
+	if r.Warning != "3 of 10 connections failed" || r.Error != "" || r.Values["per_s"] != 7 {
+		t.Errorf("got %+v, want the figure kept with the warning", r)
+	}
+	r = h.runOne(context.Background(), mk(0), h.kernel, 1)
+	if r.Warning != "" || !strings.Contains(r.Error, "connections figure is 0") || !strings.Contains(r.Error, "3 of 10") || r.Values != nil {
+		t.Errorf("got %+v, want an error naming the zero figure and the warning", r)
+	}
+}
+
+// What each case runs: a flag lost here would measure the wrong thing under
+// the right title, and the numbers would look plausible.
+func TestCaseCommands(t *testing.T) {
+	want := map[string]string{
+		"tcp-1":         "iperf3 -c 127.0.0.1 -t T -J",
+		"tcp-1-reverse": "iperf3 -c 127.0.0.1 -t T -J -R",
+		"tcp-4":         "iperf3 -c 127.0.0.1 -t T -J -P 4",
+		"udp-1400":      "iperf3 -c 127.0.0.1 -t T -J -u -b 0 -l 1400",
+		"udp-32k":       "iperf3 -c 127.0.0.1 -t T -J -u -b 0 -l 32768",
+		"ping":          "ping -n -A -c N 127.0.0.1",
+		"tcp-rr":        "uloop-bench _tcp-rr -duration T, against uloop-bench _echo-server",
+		"tcp-crr":       "uloop-bench _tcp-crr -duration T, against uloop-bench _echo-server",
+	}
+	if len(cases) != len(want) {
+		t.Errorf("got %d cases, want %d", len(cases), len(want))
+	}
+	for _, c := range cases {
+		if c.Command != want[c.Name] {
+			t.Errorf("case %s: got command %q, want %q", c.Name, c.Command, want[c.Name])
+		}
 	}
 }

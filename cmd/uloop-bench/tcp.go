@@ -178,8 +178,9 @@ func tcpRR(addr string, d time.Duration) (rrResult, error) {
 // its side; the namespace's net.ipv4.tcp_tw_reuse (2 by default: loopback
 // addresses only, which 127.0.0.1 is on either side) lets it reuse those
 // ports after a second, so ~28000 ephemeral ports last at any rate below
-// 28000/s. A failed connection is counted and the run goes on: the rate is
-// that of the connections that succeeded over the whole time.
+// 28000/s. A failed connection is counted (in Failed, with those of the
+// warm-up) and the run goes on: the rate is that of the connections that
+// succeeded over the whole time.
 func tcpCRR(addr string, d time.Duration) (crrResult, error) {
 	var r crrResult
 	dialer := net.Dialer{Timeout: 2 * time.Second}
@@ -192,10 +193,24 @@ func tcpCRR(addr string, d time.Duration) (crrResult, error) {
 		err = roundTrip(c, b)
 		return errors.Join(err, c.Close())
 	}
+	fail := func(err error) {
+		r.Failed++
+		if r.FirstError == "" {
+			r.FirstError = err.Error()
+		}
+	}
+	// Warm-up: 50 connections, not timed; their failures count all the
+	// same. Only a path on which none succeeds is an error.
+	ok := false
 	for range 50 {
 		if err := one(); err != nil {
-			return r, fmt.Errorf("warm-up: %w", err)
+			fail(err)
+		} else {
+			ok = true
 		}
+	}
+	if !ok {
+		return r, fmt.Errorf("warm-up: all 50 connections failed, first: %s", r.FirstError)
 	}
 	samples := make([]time.Duration, 0, 1<<15)
 	start := time.Now()
@@ -204,10 +219,7 @@ func tcpCRR(addr string, d time.Duration) (crrResult, error) {
 		err := one()
 		t1 := time.Now()
 		if err != nil {
-			r.Failed++
-			if r.FirstError == "" {
-				r.FirstError = err.Error()
-			}
+			fail(err)
 		} else {
 			samples = append(samples, t1.Sub(t0))
 		}
