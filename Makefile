@@ -7,8 +7,10 @@ PKGS    := ./...
 
 all: build
 
+# CGO_ENABLED=0: uloopd drops capabilities on all threads with
+# syscall.AllThreadsSyscall, which a cgo binary cannot do.
 build:
-	$(GO) build -o $(BIN)/uloopd ./cmd/uloopd
+	CGO_ENABLED=0 $(GO) build -o $(BIN)/uloopd ./cmd/uloopd
 	$(GO) build -o $(BIN)/uloop-bench ./cmd/uloop-bench
 
 vet:

@@ -100,6 +100,9 @@ func uloopd(t *testing.T) string {
 		out := filepath.Join(dir, "uloopd")
 		cmd := exec.Command(goTool(), "build", "-o", out, "./cmd/uloopd")
 		cmd.Dir = root
+		// As make build does: without cgo uloopd can drop capabilities
+		// on all its threads.
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 		if b, err := cmd.CombinedOutput(); err != nil {
 			buildErr = fmt.Errorf("go build ./cmd/uloopd: %v\n%s", err, b)
 			return

@@ -1,7 +1,10 @@
 package integration
 
 import (
+	"fmt"
 	"net"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -104,4 +107,35 @@ func TestControlSocketRootOnly(t *testing.T) {
 			t.Errorf("GET /metrics as nobody: got the metrics, want refusal\n%s", r)
 		}
 	})
+}
+
+// TestCapabilitiesDropped: once ready, uloopd keeps CAP_NET_ADMIN (which
+// undoing its routing needs) and nothing else, in every set of every thread,
+// and still restores the namespace on SIGTERM with only that.
+func TestCapabilitiesDropped(t *testing.T) {
+	requireRoot(t)
+	ns := newNS(t)
+	s0 := readHostState(t, ns)
+	d := startDaemon(t, ns)
+	const netAdminOnly = "0000000000001000" // 1 << CAP_NET_ADMIN (12)
+	want := map[string]string{"CapInh": "0000000000000000", "CapPrm": netAdminOnly, "CapEff": netAdminOnly, "CapBnd": netAdminOnly, "CapAmb": "0000000000000000"}
+	tasks, err := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/status", d.cmd.Process.Pid))
+	if err != nil || len(tasks) == 0 {
+		t.Fatalf("listing uloopd's threads: %v (%d found)", err, len(tasks))
+	}
+	for _, status := range tasks {
+		b, err := os.ReadFile(status)
+		if err != nil {
+			t.Fatalf("reading %s: %v", status, err)
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			k, v, ok := strings.Cut(line, ":\t")
+			if w, checked := want[k]; ok && checked && v != w {
+				t.Errorf("%s: %s %s, want %s", status, k, v, w)
+			}
+		}
+	}
+	ping(t, ns, "127.0.0.1", "-c", "1", "-W", "2")
+	d.Stop(t)
+	requireState(t, "after SIGTERM with CAP_NET_ADMIN only", readHostState(t, ns), s0)
 }

@@ -35,6 +35,8 @@ type LinkEndpoint struct {
 	dev     tundev.Device
 	mtu     uint32
 	metrics *Metrics
+	// gso says whether SupportedGSO offers host GSO; set before Attach.
+	gso bool
 
 	// done is closed when the reader goroutine exits.
 	done chan struct{}
@@ -56,7 +58,7 @@ var (
 
 // NewLinkEndpoint returns an endpoint for dev. The reader starts on Attach.
 func NewLinkEndpoint(dev tundev.Device, m *Metrics) *LinkEndpoint {
-	return &LinkEndpoint{dev: dev, mtu: uint32(dev.MTU()), metrics: m, done: make(chan struct{})}
+	return &LinkEndpoint{dev: dev, mtu: uint32(dev.MTU()), metrics: m, gso: true, done: make(chan struct{})}
 }
 
 // Done is closed when the reader goroutine has stopped, after Close or
@@ -101,7 +103,12 @@ func (*LinkEndpoint) Capabilities() stack.LinkEndpointCapabilities {
 // the pseudo-header checksum, and the virtio-net header tells the kernel so
 // (CHECKSUM_PARTIAL). For local delivery the kernel then neither checksums
 // nor segments them: no one computes a checksum over the payload at all.
-func (*LinkEndpoint) SupportedGSO() stack.SupportedGSO { return stack.HostGSOSupported }
+func (e *LinkEndpoint) SupportedGSO() stack.SupportedGSO {
+	if !e.gso {
+		return stack.GSONotSupported
+	}
+	return stack.HostGSOSupported
+}
 
 // GSOMaxSize implements stack.GSOEndpoint.GSOMaxSize: the largest IPv4
 // packet, which is also what an skb from a TUN write may hold.

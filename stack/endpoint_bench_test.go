@@ -1,6 +1,9 @@
 package stack
 
 import (
+	"os"
+	"sync"
+	"sync/atomic"
 	"testing"
 
 	"github.com/uloop/uloop/tundev"
@@ -10,22 +13,35 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
 )
 
-// discardDevice is a tundev.Device that drops what is written, without
-// touching the bytes, so a benchmark measures only the endpoint.
-type discardDevice struct{ packets, bytes int }
+// discardDevice is a tundev.Device that reads nothing and drops what is
+// written, without touching the bytes, so a benchmark measures only the
+// endpoint. Read blocks until Close.
+type discardDevice struct {
+	packets, bytes atomic.Int64
+	closeOnce      sync.Once
+	closed         chan struct{}
+}
 
-func (*discardDevice) Read([][]byte, []int, int) (int, error) { select {} }
+func newDiscardDevice() *discardDevice { return &discardDevice{closed: make(chan struct{})} }
+
+func (d *discardDevice) Read([][]byte, []int, int) (int, error) {
+	<-d.closed
+	return 0, os.ErrClosed
+}
 func (d *discardDevice) WritePacket(_ tundev.VirtioNetHdr, pkt [][]byte) error {
-	d.packets++
+	d.packets.Add(1)
 	for _, s := range pkt {
-		d.bytes += len(s)
+		d.bytes.Add(int64(len(s)))
 	}
 	return nil
 }
 func (*discardDevice) BatchSize() int { return 1 }
 func (*discardDevice) MTU() int       { return 65535 }
 func (*discardDevice) Name() string   { return "discard0" }
-func (*discardDevice) Close() error   { return nil }
+func (d *discardDevice) Close() error {
+	d.closeOnce.Do(func() { close(d.closed) })
+	return nil
+}
 
 // countingDispatcher takes delivered packets and keeps nothing.
 type countingDispatcher struct{ packets int }
@@ -48,7 +64,7 @@ func tcpSegment() []byte {
 // packet buffer for the stack. B/op stays at a few hundred bytes (the
 // header copy and bookkeeping), not 64 KiB: the payload is not copied.
 func BenchmarkDeliver64K(b *testing.B) {
-	e := NewLinkEndpoint(&discardDevice{}, new(Metrics))
+	e := NewLinkEndpoint(newDiscardDevice(), new(Metrics))
 	d := &countingDispatcher{}
 	pkt := tcpSegment()
 	b.SetBytes(int64(len(pkt)))
@@ -67,7 +83,7 @@ func BenchmarkDeliver64K(b *testing.B) {
 // plus payload view) goes to the device as it is. B/op stays far below
 // 64 KiB: the views are handed to writev, not flattened.
 func BenchmarkWritePackets64K(b *testing.B) {
-	dev := &discardDevice{}
+	dev := newDiscardDevice()
 	e := NewLinkEndpoint(dev, new(Metrics))
 	payload := buffer.NewViewSize(65535 - header.IPv4MinimumSize - header.TCPMinimumSize)
 	b.SetBytes(65535)
@@ -86,8 +102,8 @@ func BenchmarkWritePackets64K(b *testing.B) {
 		}
 		pb.DecRef()
 	}
-	if dev.bytes/dev.packets != 65535 {
-		b.Fatalf("wrote %d-byte packets, want 65535", dev.bytes/dev.packets)
+	if got := dev.bytes.Load() / dev.packets.Load(); got != 65535 {
+		b.Fatalf("wrote %d-byte packets, want 65535", got)
 	}
 	payload.Release()
 }

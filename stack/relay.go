@@ -51,6 +51,8 @@ type relay struct {
 	// flows are the live flows, so close can end them.
 	flows  map[flow]struct{}
 	closed bool
+	// closing is closed by close, to stop connects being dialed.
+	closing chan struct{}
 }
 
 // flow is a relayed TCP connection or UDP flow.
@@ -60,7 +62,7 @@ type flow interface {
 }
 
 func newRelay(gv *stack.Stack, cfg Config) *relay {
-	r := &relay{gv: gv, cfg: cfg, metrics: cfg.Metrics, log: cfg.Logger, flows: make(map[flow]struct{})}
+	r := &relay{gv: gv, cfg: cfg, metrics: cfg.Metrics, log: cfg.Logger, flows: make(map[flow]struct{}), closing: make(chan struct{})}
 	r.bufs.New = func() any { b := make([]byte, relayBufSize); return &b }
 	return r
 }
@@ -73,6 +75,18 @@ func (r *relay) track(f flow) bool {
 		return false
 	}
 	r.flows[f] = struct{}{}
+	return true
+}
+
+// enter counts a forwarder handler in wg so that close waits for it; false
+// means the relay is closing and the handler must refuse its flow.
+func (r *relay) enter() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed {
+		return false
+	}
+	r.wg.Add(1)
 	return true
 }
 
@@ -100,6 +114,7 @@ func (r *relay) untrack(f flow) {
 func (r *relay) close() {
 	r.mu.Lock()
 	r.closed = true
+	close(r.closing)
 	flows := make([]flow, 0, len(r.flows))
 	for f := range r.flows {
 		flows = append(flows, f)
@@ -158,6 +173,11 @@ func (r *relay) handleTCP(req *tcp.ForwarderRequest) {
 	id := req.ID()
 	client := tcpip.FullAddress{Addr: id.RemoteAddress, Port: id.RemotePort}
 	server := tcpip.FullAddress{NIC: TUNNIC, Addr: id.LocalAddress, Port: id.LocalPort}
+	if !r.enter() {
+		req.Complete(true)
+		return
+	}
+	defer r.wg.Done()
 	if !r.admit() {
 		req.Complete(true)
 		return
@@ -238,6 +258,8 @@ func (r *relay) dialTCP(client, server tcpip.FullAddress) (conn, tcpip.Error) {
 			err = c.ep.LastError()
 		case <-timer.C:
 			err = &tcpip.ErrTimeout{}
+		case <-r.closing:
+			err = &tcpip.ErrAborted{}
 		}
 		timer.Stop()
 	}

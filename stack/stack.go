@@ -59,6 +59,10 @@ type Config struct {
 	// past it are dropped (the client retransmits). Zero means
 	// DefaultMaxInFlight.
 	MaxInFlight int
+	// DisableGSO makes the stack send every TCP segment at the MTU with a
+	// full checksum, instead of handing GSO super-packets with partial
+	// checksums to the kernel. For devices created without offloads.
+	DisableGSO bool
 	// MaxFlows bounds the TCP connections and UDP flows relayed at once
 	// (each holds endpoints, goroutines and buffers). Past it a new TCP
 	// connect gets a RST and a new UDP flow an ICMP port unreachable, at
@@ -132,6 +136,7 @@ func New(cfg Config) (*Stack, error) {
 	}
 
 	s.link = NewLinkEndpoint(cfg.Device, cfg.Metrics)
+	s.link.gso = !cfg.DisableGSO
 	if err := gv.CreateNICWithOptions(TUNNIC, s.link, stack.NICOptions{Name: cfg.Device.Name()}); err != nil {
 		return fail("creating TUN NIC", err)
 	}
@@ -196,6 +201,25 @@ func (s *Stack) GVisor() *stack.Stack { return s.gv }
 
 // Metrics returns the stack's counters.
 func (s *Stack) Metrics() *Metrics { return s.metrics }
+
+// Drops returns gVisor's counts of the packets it dropped, by reason: the
+// malformed and misaddressed input that the link endpoint hands over
+// without judging it (the IP, TCP, UDP and ICMP layers check every field).
+func (s *Stack) Drops() map[string]uint64 {
+	st := s.gv.Stats()
+	return map[string]uint64{
+		"ip_malformed":        st.IP.MalformedPacketsReceived.Value() + st.IP.MalformedFragmentsReceived.Value(),
+		"ip_invalid_address":  st.IP.InvalidDestinationAddressesReceived.Value() + st.IP.InvalidSourceAddressesReceived.Value(),
+		"ip_option":           st.IP.OptionUnknownReceived.Value(),
+		"tcp_checksum":        st.TCP.ChecksumErrors.Value(),
+		"tcp_invalid_segment": st.TCP.InvalidSegmentsReceived.Value(),
+		"tcp_syn_backlog":     st.TCP.ForwardMaxInFlightDrop.Value(),
+		"udp_checksum":        st.UDP.ChecksumErrors.Value(),
+		"udp_malformed":       st.UDP.MalformedPacketsReceived.Value(),
+		"udp_receive_buffer":  st.UDP.ReceiveBufferErrors.Value(),
+		"icmp_invalid":        st.ICMP.V4.PacketsReceived.Invalid.Value(),
+	}
+}
 
 // Done is closed when the stack stops reading from its device: after Close,
 // or because the device failed; Err then says why.

@@ -32,7 +32,12 @@ var _ Device = (*kernelDevice)(nil)
 // device is left down; the caller configures and raises it. It refuses a
 // name that is already taken rather than attaching to it: TUNSETIFF would
 // silently attach to an existing persistent TUN device of that name.
-func Create(name string, mtu int) (Device, error) {
+//
+// With offload, the kernel may hand over TSO super-packets and packets with
+// partial checksums (wireguard-go's Read splits and completes them);
+// without, it segments and checksums every packet itself before uloopd
+// reads it, as it would for a device with no offloads.
+func Create(name string, mtu int, offload bool) (Device, error) {
 	if _, err := net.InterfaceByName(name); err == nil {
 		return nil, fmt.Errorf("creating %s: %w", name, ErrExists)
 	}
@@ -48,6 +53,18 @@ func Create(name string, mtu int) (Device, error) {
 	if err != nil {
 		dev.Close()
 		return nil, fmt.Errorf("TUN device %s: %w", name, err)
+	}
+	if !offload {
+		var ioctlErr error
+		if err := raw.Control(func(fd uintptr) {
+			ioctlErr = unix.IoctlSetInt(int(fd), unix.TUNSETOFFLOAD, 0)
+		}); err == nil {
+			err = ioctlErr
+		}
+		if err != nil {
+			dev.Close()
+			return nil, fmt.Errorf("turning offloads off on %s: %w", name, err)
+		}
 	}
 	d := &kernelDevice{Device: dev, name: name, mtu: mtu, raw: raw}
 	// wireguard-go reports link up/down and MTU changes on a small buffered

@@ -5,6 +5,6 @@ package tundev
 import "errors"
 
 // Create is only implemented on Linux.
-func Create(name string, mtu int) (Device, error) {
+func Create(name string, mtu int, offload bool) (Device, error) {
 	return nil, errors.New("tundev: TUN devices are only supported on Linux")
 }

@@ -40,7 +40,8 @@ func buildBench(t *testing.T) (dir string) {
 	}
 	build := func(pkg, out string) error {
 		cmd := exec.Command(goTool, "build", "-o", filepath.Join(dir, out), pkg)
-		cmd.Dir = filepath.Join("..", "..") // the module root
+		cmd.Dir = filepath.Join("..", "..")             // the module root
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0") // as make build does
 		if b, err := cmd.CombinedOutput(); err != nil {
 			return fmt.Errorf("go build %s: %v\n%s", pkg, err, b)
 		}

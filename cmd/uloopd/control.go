@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/uloop/uloop/stack"
 	"golang.org/x/sys/unix"
@@ -74,10 +75,15 @@ func (l *credListener) allowed(c net.Conn) bool {
 	return cred.Uid == 0 || (l.group >= 0 && cred.Gid == uint32(l.group))
 }
 
-// serveControl serves /metrics and /debug/pprof/ until ln is closed.
-func serveControl(ln net.Listener, m *stack.Metrics, log *slog.Logger) {
+// serveControl serves /metrics and /debug/pprof/ until ln is closed. Besides
+// the data path's counters, /metrics has the Go runtime's (go_goroutines,
+// heap) and the process's (process_resident_memory_bytes, open fds), which
+// leak tests watch.
+func serveControl(ln net.Listener, st *stack.Stack, log *slog.Logger) {
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(newCollector(m))
+	reg.MustRegister(newCollector(st.Metrics(), st.Drops),
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("/debug/pprof/", pprof.Index)

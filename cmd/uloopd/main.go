@@ -38,6 +38,8 @@ type options struct {
 	cleanup      bool
 	logLevel     string
 	controlGroup int
+	maxFlows     int
+	offload      bool
 }
 
 func main() {
@@ -50,6 +52,8 @@ func main() {
 	flag.BoolVar(&o.cleanup, "cleanup", false, "remove the rules, routes and device a killed uloopd left, then exit")
 	flag.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	flag.IntVar(&o.controlGroup, "control-group", -1, "numeric group that may use the control socket besides root")
+	flag.IntVar(&o.maxFlows, "max-flows", stack.DefaultMaxFlows, "TCP connections and UDP flows relayed at once; past it new ones are refused at once")
+	flag.BoolVar(&o.offload, "offload", true, "use TUN offloads (TSO, checksum offload, GSO writes)")
 	flag.Parse()
 
 	var level slog.Level
@@ -81,6 +85,9 @@ func run(o options, log *slog.Logger) error {
 	if err := rcfg.Validate(); err != nil {
 		return err
 	}
+	if o.maxFlows < 1 {
+		return fmt.Errorf("bad --max-flows %d: want at least 1", o.maxFlows)
+	}
 	if o.cleanup {
 		if err := route.Cleanup(rcfg); err != nil {
 			return fmt.Errorf("cleanup: %w", err)
@@ -109,7 +116,7 @@ func serve(o options, rcfg route.Config, log *slog.Logger) (err error) {
 		return fmt.Errorf("removing a previous uloopd's leftovers: %w", err)
 	}
 
-	dev, err := tundev.Create(o.dev, o.mtu)
+	dev, err := tundev.Create(o.dev, o.mtu, o.offload)
 	if err != nil {
 		return err
 	}
@@ -119,6 +126,8 @@ func serve(o options, rcfg route.Config, log *slog.Logger) (err error) {
 		Metrics:        metrics,
 		Logger:         log,
 		UDPIdleTimeout: o.udpTimeout,
+		MaxFlows:       o.maxFlows,
+		DisableGSO:     !o.offload,
 	})
 	if err != nil {
 		dev.Close()
@@ -143,10 +152,15 @@ func serve(o options, rcfg route.Config, log *slog.Logger) (err error) {
 	// neither knows.
 	defer st.Close()
 
-	go serveControl(ctl, metrics, log)
+	go serveControl(ctl, st, log)
 
 	if err := probe(rcfg.Prefix, metrics); err != nil {
 		return fmt.Errorf("data path does not answer: %w", err)
+	}
+	if err := dropCapabilities(); errors.Is(err, errCapsNeedNoCgo) {
+		log.Warn("keeping all capabilities", "err", err)
+	} else if err != nil {
+		return fmt.Errorf("dropping capabilities: %w", err)
 	}
 	log.Info("uloopd ready", "dev", o.dev, "mtu", o.mtu, "prefix", rcfg.Prefix, "udp_timeout", o.udpTimeout)
 	if err := notifySystemd("READY=1"); err != nil {

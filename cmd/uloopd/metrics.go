@@ -5,11 +5,15 @@ import (
 	"github.com/uloop/uloop/stack"
 )
 
-// collector exports stack.Metrics. The data path counts with plain atomics
-// (no label lookups per packet); this reads them when scraped.
+// collector exports stack.Metrics and gVisor's drop counts. The data path
+// counts with plain atomics (no label lookups per packet); this reads them
+// when scraped.
 type collector struct {
 	m     *stack.Metrics
+	drops func() map[string]uint64
 	descs []metricDesc
+	// dropsDesc is labelled by reason.
+	dropsDesc *prometheus.Desc
 }
 
 type metricDesc struct {
@@ -18,8 +22,9 @@ type metricDesc struct {
 	value func(*stack.Metrics) float64
 }
 
-func newCollector(m *stack.Metrics) *collector {
-	c := &collector{m: m}
+func newCollector(m *stack.Metrics, drops func() map[string]uint64) *collector {
+	c := &collector{m: m, drops: drops, dropsDesc: prometheus.NewDesc("uloop_stack_dropped_packets_total",
+		"Packets the gVisor stack dropped, by reason (malformed, bad checksum, ...).", []string{"reason"}, nil)}
 	add := func(name, help string, kind prometheus.ValueType, value func(*stack.Metrics) float64) {
 		c.descs = append(c.descs, metricDesc{prometheus.NewDesc(name, help, nil, nil), kind, value})
 	}
@@ -42,6 +47,7 @@ func newCollector(m *stack.Metrics) *collector {
 	counter("uloop_udp_flows_expired_total", "UDP flows closed after the idle timeout.", func(m *stack.Metrics) uint64 { return m.UDPFlowsExpired.Load() })
 	counter("uloop_icmp_echo_replies_total", "ICMP echo requests answered.", func(m *stack.Metrics) uint64 { return m.ICMPEchoReplies.Load() })
 	counter("uloop_passthrough_packets_total", "Packets handed back to the kernel unchanged (other protocols, ICMP errors).", func(m *stack.Metrics) uint64 { return m.PassthroughPackets.Load() })
+	counter("uloop_flows_rejected_total", "New TCP connections and UDP flows refused because --max-flows were relayed.", func(m *stack.Metrics) uint64 { return m.FlowsRejected.Load() })
 	counter("uloop_dropped_packets_total", "Packets dropped as malformed, not IPv4, or not relayable.", func(m *stack.Metrics) uint64 { return m.DroppedPackets.Load() })
 	return c
 }
@@ -51,11 +57,15 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range c.descs {
 		ch <- d.desc
 	}
+	ch <- c.dropsDesc
 }
 
 // Collect implements prometheus.Collector.
 func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	for _, d := range c.descs {
 		ch <- prometheus.MustNewConstMetric(d.desc, d.kind, d.value(c.m))
+	}
+	for reason, n := range c.drops() {
+		ch <- prometheus.MustNewConstMetric(c.dropsDesc, prometheus.CounterValue, float64(n), reason)
 	}
 }
