@@ -3,7 +3,7 @@ GO      ?= go
 BIN     := bin
 PKGS    := ./...
 
-.PHONY: all build test unit-test bench demo soak clean vet fmt
+.PHONY: all build test unit-test fuzz bench demo soak clean vet deps
 
 all: build
 
@@ -18,9 +18,15 @@ vet:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); exit 1; }
 
 # Installs the tools the namespace tests drive (iperf3, ping, ...) when missing,
-# then runs every test. As root the namespace tests run; otherwise they skip.
+# then runs every test, and the fuzz target for a short fixed time. As root
+# the namespace tests run; otherwise they skip.
 test: deps build vet
 	$(GO) test -count=1 -timeout 40m $(PKGS)
+	$(MAKE) fuzz
+
+FUZZTIME ?= 20s
+fuzz:
+	$(GO) test -run '^$$' -fuzz FuzzInbound -fuzztime $(FUZZTIME) ./stack/
 
 unit-test:
 	$(GO) test -count=1 ./tundev/... ./stack/... ./route/...
@@ -30,6 +36,10 @@ bench: deps build
 
 demo: deps build
 	./scripts/demo.sh
+
+# SOAK_DURATION (default 30m): iperf3 TCP and UDP plus connection churn.
+soak: deps build
+	./scripts/soak.sh
 
 deps:
 	@./scripts/deps.sh
