@@ -1,6 +1,7 @@
 package stack
 
 import (
+	"encoding/binary"
 	"errors"
 	"os"
 	"sync"
@@ -89,13 +90,14 @@ func (*LinkEndpoint) LinkAddress() tcpip.LinkAddress { return "" }
 // SetLinkAddress implements stack.LinkEndpoint.SetLinkAddress.
 func (*LinkEndpoint) SetLinkAddress(tcpip.LinkAddress) {}
 
-// Capabilities implements stack.LinkEndpoint.Capabilities. No checksum
-// offload: on the way in, gVisor's own check is what turns a corrupt packet
-// into a counted drop; on the way out, TCP segments leave the checksum to
-// the kernel through GSO (see SupportedGSO), and what else the stack sends
-// (handshakes, UDP, ICMP) is small or rare enough to checksum here.
+// Capabilities implements stack.LinkEndpoint.Capabilities. TX checksum
+// offload: gVisor leaves TCP and UDP checksums to the link, and vnetHdr
+// hands them to the kernel as partial (CHECKSUM_PARTIAL), which local
+// delivery trusts without summing the payload. No RX offload: on the way
+// in, gVisor's own check is what turns a corrupt packet (say, from a raw
+// socket) into a counted drop, as the kernel's lo would drop it.
 func (*LinkEndpoint) Capabilities() stack.LinkEndpointCapabilities {
-	return stack.CapabilityNone
+	return stack.CapabilityTXChecksumOffload
 }
 
 // SupportedGSO implements stack.GSOEndpoint.SupportedGSO. With host GSO,
@@ -361,12 +363,12 @@ func (e *LinkEndpoint) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Err
 }
 
 // vnetHdr says what the kernel has to do to pkt, as gVisor's fdbased
-// endpoint does for a tap device, except that a TUN device carries no
-// link header, so the checksum starts right after the IP header.
+// endpoint does for a tap device, except that a TUN device carries no link
+// header, so the checksum starts right after the IP header.
 func vnetHdr(pkt *stack.PacketBuffer) tundev.VirtioNetHdr {
 	gso := pkt.GSOOptions
 	if gso.Type == stack.GSONone {
-		return tundev.VirtioNetHdr{}
+		return partialChecksum(pkt)
 	}
 	h := tundev.VirtioNetHdr{HdrLen: uint16(pkt.HeaderSize())}
 	if gso.NeedsCsum {
@@ -385,3 +387,40 @@ func vnetHdr(pkt *stack.PacketBuffer) tundev.VirtioNetHdr {
 	}
 	return h
 }
+
+// partialChecksum completes what TX checksum offload left undone on a
+// packet that is not a GSO super-packet: for TCP and UDP it writes the
+// pseudo-header sum into the checksum field and asks the kernel to treat
+// the rest as partial. A fragment is left alone: a checksum spans the
+// whole datagram, so no fragment can carry a partial one; gVisor left its
+// UDP checksum 0, which IPv4 defines as "none" (RFC 768).
+func partialChecksum(pkt *stack.PacketBuffer) tundev.VirtioNetHdr {
+	ip := header.IPv4(pkt.NetworkHeader().Slice())
+	if len(ip) < header.IPv4MinimumSize || ip.More() || ip.FragmentOffset() != 0 {
+		return tundev.VirtioNetHdr{}
+	}
+	var field int
+	switch ip.TransportProtocol() {
+	case header.TCPProtocolNumber:
+		field = header.TCPChecksumOffset
+	case header.UDPProtocolNumber:
+		field = udpChecksumOffset
+	default:
+		return tundev.VirtioNetHdr{}
+	}
+	th := pkt.TransportHeader().Slice()
+	if len(th) < field+2 {
+		return tundev.VirtioNetHdr{}
+	}
+	length := uint16(pkt.Size() - len(ip))
+	sum := header.PseudoHeaderChecksum(ip.TransportProtocol(), ip.SourceAddress(), ip.DestinationAddress(), length)
+	binary.BigEndian.PutUint16(th[field:], sum)
+	return tundev.VirtioNetHdr{
+		Flags:      tundev.VirtioNetHdrFNeedsCsum,
+		CsumStart:  uint16(len(ip)),
+		CsumOffset: uint16(field),
+	}
+}
+
+// udpChecksumOffset is where the checksum sits in a UDP header (RFC 768).
+const udpChecksumOffset = 6
