@@ -21,6 +21,7 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"runtime"
 	"syscall"
 	"time"
 
@@ -40,6 +41,7 @@ type options struct {
 	controlGroup int
 	maxFlows     int
 	offload      bool
+	procs        int
 }
 
 func main() {
@@ -54,6 +56,7 @@ func main() {
 	flag.IntVar(&o.controlGroup, "control-group", -1, "numeric group that may use the control socket besides root")
 	flag.IntVar(&o.maxFlows, "max-flows", stack.DefaultMaxFlows, "TCP connections and UDP flows relayed at once; past it new ones are refused at once")
 	flag.BoolVar(&o.offload, "offload", true, "use TUN offloads (TSO, checksum offload, GSO writes)")
+	flag.IntVar(&o.procs, "procs", 0, "CPUs uloopd runs Go code on at once (GOMAXPROCS); 0: half the CPUs, at least 1, unless GOMAXPROCS is set")
 	flag.Parse()
 
 	var level slog.Level
@@ -62,10 +65,26 @@ func main() {
 		os.Exit(2)
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	setProcs(o.procs)
 	if err := run(o, log); err != nil {
 		log.Error("uloopd failed", "err", err)
 		os.Exit(1)
 	}
+}
+
+// setProcs sets how many CPUs run uloopd's Go code at once. Every byte
+// uloopd carries has a client and a server on the same machine, which need
+// CPU too: on the 2-core machine here, one P instead of two doubled the
+// connection rate and UDP throughput and left single-stream TCP where it
+// was (docs/performance.md). So by default uloopd takes half the CPUs.
+func setProcs(n int) {
+	if n == 0 {
+		if os.Getenv("GOMAXPROCS") != "" {
+			return
+		}
+		n = max(1, runtime.NumCPU()/2)
+	}
+	runtime.GOMAXPROCS(n)
 }
 
 func run(o options, log *slog.Logger) error {
@@ -84,6 +103,9 @@ func run(o options, log *slog.Logger) error {
 	rcfg := route.Config{Device: o.dev, Prefix: prefix.Masked()}
 	if err := rcfg.Validate(); err != nil {
 		return err
+	}
+	if o.procs < 0 {
+		return fmt.Errorf("bad --procs %d: want 0 (automatic) or more", o.procs)
 	}
 	if o.maxFlows < 1 {
 		return fmt.Errorf("bad --max-flows %d: want at least 1", o.maxFlows)
@@ -162,7 +184,7 @@ func serve(o options, rcfg route.Config, log *slog.Logger) (err error) {
 	} else if err != nil {
 		return fmt.Errorf("dropping capabilities: %w", err)
 	}
-	log.Info("uloopd ready", "dev", o.dev, "mtu", o.mtu, "prefix", rcfg.Prefix, "udp_timeout", o.udpTimeout)
+	log.Info("uloopd ready", "dev", o.dev, "mtu", o.mtu, "prefix", rcfg.Prefix, "udp_timeout", o.udpTimeout, "procs", runtime.GOMAXPROCS(0))
 	if err := notifySystemd("READY=1"); err != nil {
 		log.Warn("telling systemd we are ready", "err", err)
 	}
