@@ -132,6 +132,28 @@ type conn struct {
 	wq *waiter.Queue
 }
 
+// notify registers for mask events on c's queue; the returned func
+// unregisters.
+func (c conn) notify(mask waiter.EventMask) (<-chan struct{}, func()) {
+	entry, ch := waiter.NewChannelEntry(mask)
+	c.wq.EventRegister(&entry)
+	return ch, func() { c.wq.EventUnregister(&entry) }
+}
+
+// read reads what src has received into a copy buffer from the pool, which
+// the caller puts back; on error the buffer is already back. Taking it only
+// when there is data to move means an idle flow holds none.
+func (r *relay) read(src conn) (*[]byte, int, tcpip.Error) {
+	bp := r.bufs.Get().(*[]byte)
+	w := tcpip.SliceWriter(*bp)
+	res, err := src.ep.Read(&w, tcpip.ReadOptions{})
+	if err != nil {
+		r.bufs.Put(bp)
+		return nil, 0, err
+	}
+	return bp, res.Count, nil
+}
+
 // newMirrorEndpoint creates the endpoint that dials the kernel's server on
 // behalf of the client: bound to the client's own address and port, which
 // the NIC's spoofing allows. Reuse flags let a client port that the kernel
@@ -247,9 +269,8 @@ func (r *relay) dialTCP(client, server tcpip.FullAddress) (conn, tcpip.Error) {
 	if err != nil {
 		return conn{}, err
 	}
-	entry, ready := waiter.NewChannelEntry(waiter.WritableEvents | waiter.EventHUp | waiter.EventErr)
-	c.wq.EventRegister(&entry)
-	defer c.wq.EventUnregister(&entry)
+	ready, stop := c.notify(waiter.WritableEvents | waiter.EventHUp | waiter.EventErr)
+	defer stop()
 	err = c.ep.Connect(server)
 	if _, ok := err.(*tcpip.ErrConnectStarted); ok {
 		timer := time.NewTimer(r.cfg.DialTimeout)
@@ -296,23 +317,14 @@ func (r *relay) retireTimeWait(client, server tcpip.FullAddress) {
 // shuts dst's write side, carrying the half-close) or either side fails
 // (then it aborts the flow, so a RST on one side becomes a RST on the other).
 func (r *relay) pipeTCP(f *tcpFlow, src, dst conn) {
-	inEntry, readable := waiter.NewChannelEntry(waiter.ReadableEvents | waiter.EventHUp | waiter.EventErr)
-	src.wq.EventRegister(&inEntry)
-	defer src.wq.EventUnregister(&inEntry)
-	outEntry, writable := waiter.NewChannelEntry(waiter.WritableEvents | waiter.EventHUp | waiter.EventErr)
-	dst.wq.EventRegister(&outEntry)
-	defer dst.wq.EventUnregister(&outEntry)
+	readable, stopIn := src.notify(waiter.ReadableEvents | waiter.EventHUp | waiter.EventErr)
+	defer stopIn()
+	writable, stopOut := dst.notify(waiter.WritableEvents | waiter.EventHUp | waiter.EventErr)
+	defer stopOut()
 
 	var rd bytes.Reader
 	for {
-		// The copy buffer is taken only while there is data to move, so
-		// an idle connection holds none.
-		bp := r.bufs.Get().(*[]byte)
-		w := tcpip.SliceWriter(*bp)
-		res, err := src.ep.Read(&w, tcpip.ReadOptions{})
-		if err != nil {
-			r.bufs.Put(bp)
-		}
+		bp, n, err := r.read(src)
 		switch err.(type) {
 		case nil:
 		case *tcpip.ErrWouldBlock:
@@ -325,7 +337,7 @@ func (r *relay) pipeTCP(f *tcpFlow, src, dst conn) {
 			f.abort()
 			return
 		}
-		ok := writeAll(dst, (*bp)[:res.Count], &rd, writable)
+		ok := writeAll(dst, (*bp)[:n], &rd, writable)
 		r.bufs.Put(bp)
 		if !ok {
 			f.abort()
@@ -482,18 +494,12 @@ func (r *relay) expireUDP(f *udpFlow) {
 // pipeUDP copies datagrams from src to dst, one Write per datagram so that
 // boundaries are kept, until the flow ends.
 func (r *relay) pipeUDP(f *udpFlow, src, dst conn) {
-	inEntry, readable := waiter.NewChannelEntry(waiter.ReadableEvents | waiter.EventHUp | waiter.EventErr)
-	src.wq.EventRegister(&inEntry)
-	defer src.wq.EventUnregister(&inEntry)
+	readable, stopIn := src.notify(waiter.ReadableEvents | waiter.EventHUp | waiter.EventErr)
+	defer stopIn()
 
 	var rd bytes.Reader
 	for {
-		bp := r.bufs.Get().(*[]byte)
-		w := tcpip.SliceWriter(*bp)
-		res, err := src.ep.Read(&w, tcpip.ReadOptions{})
-		if err != nil {
-			r.bufs.Put(bp)
-		}
+		bp, n, err := r.read(src)
 		switch err.(type) {
 		case nil:
 		case *tcpip.ErrWouldBlock:
@@ -511,7 +517,7 @@ func (r *relay) pipeUDP(f *udpFlow, src, dst conn) {
 			return
 		}
 		f.touch()
-		rd.Reset((*bp)[:res.Count])
+		rd.Reset((*bp)[:n])
 		// Like any UDP sender, drop the datagram if it does not fit now.
 		if _, err := dst.ep.Write(&rd, tcpip.WriteOptions{}); err != nil {
 			r.metrics.DroppedPackets.Add(1)
