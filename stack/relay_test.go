@@ -176,16 +176,7 @@ func TestUDPRelay(t *testing.T) {
 func testUDPRelay(t *testing.T, mtu int) {
 	k := newFakeKernel(t, mtu)
 	s := newTestStack(t, k, Config{})
-	srv, err := gonet.DialUDP(k.gv, &tcpip.FullAddress{Addr: tcpip.AddrFrom4([4]byte{127, 0, 0, 1}), Port: 5300}, nil, ipv4.ProtocolNumber)
-	if err != nil {
-		t.Fatalf("server: %v", err)
-	}
-	defer srv.Close()
-	cl, err := gonet.DialUDP(k.gv, nil, &tcpip.FullAddress{Addr: tcpip.AddrFrom4([4]byte{127, 0, 0, 1}), Port: 5300}, ipv4.ProtocolNumber)
-	if err != nil {
-		t.Fatalf("client: %v", err)
-	}
-	defer cl.Close()
+	srv, cl := udpPair(t, k, 5300)
 	buf := make([]byte, 65536)
 	for _, size := range []int{1, 1400, 32768, 65507} {
 		msg := bytes.Repeat([]byte{byte(size)}, size)
@@ -217,21 +208,30 @@ func testUDPRelay(t *testing.T, mtu int) {
 	}
 }
 
+// udpPair makes a UDP server on 127.0.0.1:port in the fake kernel and a
+// client connected to it; both close when the test ends.
+func udpPair(t *testing.T, k *fakeKernel, port uint16) (srv, cl *gonet.UDPConn) {
+	t.Helper()
+	addr := tcpip.FullAddress{Addr: tcpip.AddrFrom4([4]byte{127, 0, 0, 1}), Port: port}
+	srv, err := gonet.DialUDP(k.gv, &addr, nil, ipv4.ProtocolNumber)
+	if err != nil {
+		t.Fatalf("server: %v", err)
+	}
+	t.Cleanup(func() { srv.Close() })
+	cl, err = gonet.DialUDP(k.gv, nil, &addr, ipv4.ProtocolNumber)
+	if err != nil {
+		t.Fatalf("client: %v", err)
+	}
+	t.Cleanup(func() { cl.Close() })
+	return srv, cl
+}
+
 // TestUDPIdleExpiry: an idle flow is closed after the timeout, and the same
 // client socket then starts a new flow that works.
 func TestUDPIdleExpiry(t *testing.T) {
 	k := newFakeKernel(t, 65535)
 	s := newTestStack(t, k, Config{UDPIdleTimeout: 200 * time.Millisecond})
-	srv, err := gonet.DialUDP(k.gv, &tcpip.FullAddress{Addr: tcpip.AddrFrom4([4]byte{127, 0, 0, 1}), Port: 5301}, nil, ipv4.ProtocolNumber)
-	if err != nil {
-		t.Fatalf("server: %v", err)
-	}
-	defer srv.Close()
-	cl, err := gonet.DialUDP(k.gv, nil, &tcpip.FullAddress{Addr: tcpip.AddrFrom4([4]byte{127, 0, 0, 1}), Port: 5301}, ipv4.ProtocolNumber)
-	if err != nil {
-		t.Fatalf("client: %v", err)
-	}
-	defer cl.Close()
+	srv, cl := udpPair(t, k, 5301)
 	buf := make([]byte, 16)
 	for i := 0; i < 2; i++ {
 		if _, err := cl.Write([]byte("x")); err != nil {
