@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"log/slog"
 	"net"
+	"net/netip"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -110,6 +111,23 @@ func (r *relay) untrack(f flow) {
 	delete(r.flows, f)
 }
 
+// tcpConnections lists the relayed TCP connections.
+func (r *relay) tcpConnections() []Conn {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var conns []Conn
+	for f := range r.flows {
+		if t, ok := f.(*tcpFlow); ok {
+			conns = append(conns, Conn{Client: addrPort(t.client), Server: addrPort(t.server)})
+		}
+	}
+	return conns
+}
+
+func addrPort(a tcpip.FullAddress) netip.AddrPort {
+	return netip.AddrPortFrom(netip.AddrFrom4(a.Addr.As4()), a.Port)
+}
+
 // close aborts every flow and waits for the relay's goroutines.
 func (r *relay) close() {
 	r.mu.Lock()
@@ -179,7 +197,8 @@ func (r *relay) newMirrorEndpoint(proto tcpip.TransportProtocolNumber, client tc
 
 // tcpFlow is a relayed TCP connection.
 type tcpFlow struct {
-	a, b conn // a faces the client, b the server
+	a, b           conn // a faces the client, b the server
+	client, server tcpip.FullAddress
 }
 
 func (f *tcpFlow) abort() {
@@ -228,7 +247,7 @@ func (r *relay) handleTCP(req *tcp.ForwarderRequest) {
 		return
 	}
 	req.Complete(false)
-	f := &tcpFlow{a: conn{ep: aep, wq: aq}, b: b}
+	f := &tcpFlow{a: conn{ep: aep, wq: aq}, b: b, client: client, server: server}
 	// The kernel peers already decided how to batch their writes; the
 	// relay forwards whatever it has at once.
 	f.a.ep.SocketOptions().SetDelayOption(false)

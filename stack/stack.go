@@ -9,6 +9,7 @@ import (
 	"bytes"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"time"
 
 	"github.com/uloop/uloop/tundev"
@@ -202,6 +203,16 @@ func (s *Stack) GVisor() *stack.Stack { return s.gv }
 // Metrics returns the stack's counters.
 func (s *Stack) Metrics() *Metrics { return s.metrics }
 
+// Conn is a relayed TCP connection, as the kernel's client socket sees it.
+type Conn struct {
+	Client, Server netip.AddrPort
+}
+
+// TCPConnections lists the TCP connections being relayed. If the device
+// dies, the stack can no longer reset them: their kernel sockets must then
+// be destroyed by other means, or the programs wait for TCP's timeouts.
+func (s *Stack) TCPConnections() []Conn { return s.relay.tcpConnections() }
+
 // Drops returns gVisor's counts of the packets it dropped, by reason: the
 // malformed and misaddressed input that the link endpoint hands over
 // without judging it (the IP, TCP, UDP and ICMP layers check every field).
@@ -211,6 +222,7 @@ func (s *Stack) Drops() map[string]uint64 {
 		"ip_malformed":        st.IP.MalformedPacketsReceived.Value() + st.IP.MalformedFragmentsReceived.Value(),
 		"ip_invalid_address":  st.IP.InvalidDestinationAddressesReceived.Value() + st.IP.InvalidSourceAddressesReceived.Value(),
 		"ip_option":           st.IP.OptionUnknownReceived.Value(),
+		"l4_malformed":        st.NICs.MalformedL4RcvdPackets.Value(),
 		"tcp_checksum":        st.TCP.ChecksumErrors.Value(),
 		"tcp_invalid_segment": st.TCP.InvalidSegmentsReceived.Value(),
 		"tcp_syn_backlog":     st.TCP.ForwardMaxInFlightDrop.Value(),

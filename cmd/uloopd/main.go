@@ -123,6 +123,12 @@ func run(o options, log *slog.Logger) error {
 // serve runs the data path until a signal or a device failure. Each step it
 // takes is undone, in reverse order, on every way out.
 func serve(o options, rcfg route.Config, log *slog.Logger) (err error) {
+	// Catch signals before changing anything, so that one arriving during
+	// setup still ends in the undo below rather than killing the process
+	// with its changes in place.
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+
 	// The control socket is taken first: it is also the lock that keeps a
 	// second uloopd out of this namespace before it touches anything.
 	ctl, err := listenControl(o.controlGroup)
@@ -189,13 +195,18 @@ func serve(o options, rcfg route.Config, log *slog.Logger) (err error) {
 		log.Warn("telling systemd we are ready", "err", err)
 	}
 
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
 	select {
 	case <-ctx.Done():
 		log.Info("stopping", "reason", "signal")
 		return nil
 	case <-st.Done():
+		// The resets the stack would send on close cannot leave through a
+		// device that is gone, and with the routes gone the two kernel
+		// sockets of each relayed connection would talk to each other
+		// directly with sequence numbers neither knows, until TCP gives
+		// up (about 15 minutes). Destroy them (ss -K) so that both
+		// programs see an error now.
+		destroySockets(st.TCPConnections(), log)
 		return fmt.Errorf("reading TUN device %s: %w (was it deleted?)", o.dev, st.Err())
 	}
 }
