@@ -571,11 +571,24 @@ func startDaemon(t *testing.T, ns *netNS, args ...string) *daemon {
 // launchDaemon starts argv (a uloopd command line) without waiting.
 func launchDaemon(t *testing.T, argv []string) *daemon {
 	t.Helper()
+	return launchDaemonOnReady(t, argv, nil)
+}
+
+// launchDaemonOnReady is launchDaemon that also calls onReady, if not nil,
+// the moment the ready line arrives: on the goroutine that reads the
+// daemon's output, before d.ready is closed.
+func launchDaemonOnReady(t *testing.T, argv []string, onReady func(d *daemon)) *daemon {
+	t.Helper()
 	d := &daemon{argv: argv, logs: &lockedBuffer{}, ready: make(chan struct{}), done: make(chan struct{})}
 	var once sync.Once
 	d.logs.onLine = func(line string) {
 		if readyRE.MatchString(line) && !strings.Contains(line, "level=ERROR") {
-			once.Do(func() { close(d.ready) })
+			once.Do(func() {
+				if onReady != nil {
+					onReady(d)
+				}
+				close(d.ready)
+			})
 		}
 	}
 	d.cmd = exec.Command(argv[0], argv[1:]...)
