@@ -31,8 +31,8 @@ const copyBelow = buffer.MaxChunkSize / 4
 // own and gives that view to the PacketBuffer it delivers (no copy); it
 // DecRefs the PacketBuffer after delivery, and gVisor keeps its own
 // references for as long as it holds the data. WritePackets only borrows
-// the packets it is given: it copies them out and their owner (the stack)
-// DecRefs them after the call.
+// the packets it is given: their views go to the device's writev, and their
+// owner (the stack) DecRefs them after the call.
 type LinkEndpoint struct {
 	dev     tundev.Device
 	mtu     uint32
