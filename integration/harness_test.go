@@ -702,8 +702,11 @@ func metrics(t *testing.T, ns *netNS) map[string]float64 {
 	return m
 }
 
-func fetchMetrics(ns *netNS) (map[string]float64, error) {
-	tr := &http.Transport{
+// controlClient is an HTTP client for the daemon's control socket in ns:
+// the abstract socket @uloopd belongs to the namespace, so every connection
+// is dialed from inside it.
+func controlClient(ns *netNS, timeout time.Duration) *http.Client {
+	return &http.Client{Timeout: timeout, Transport: &http.Transport{
 		DisableKeepAlives: true,
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			var c net.Conn
@@ -713,10 +716,11 @@ func fetchMetrics(ns *netNS) (map[string]float64, error) {
 			})
 			return c, err
 		},
-	}
-	defer tr.CloseIdleConnections()
-	client := &http.Client{Transport: tr, Timeout: 5 * time.Second}
-	resp, err := client.Get("http://uloopd/metrics")
+	}}
+}
+
+func fetchMetrics(ns *netNS) (map[string]float64, error) {
+	resp, err := controlClient(ns, 5*time.Second).Get("http://uloopd/metrics")
 	if err != nil {
 		return nil, err
 	}

@@ -4,10 +4,8 @@ package integration
 // and a garbage collection on demand, all through the control socket.
 
 import (
-	"context"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"testing"
 	"time"
@@ -36,20 +34,7 @@ func collectGarbage(t *testing.T, ns *netNS) {
 // controlGet fetches path from the daemon's control socket in ns and
 // discards the body.
 func controlGet(ns *netNS, path string) error {
-	tr := &http.Transport{
-		DisableKeepAlives: true,
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			var c net.Conn
-			err := ns.do(func() (err error) {
-				c, err = (&net.Dialer{}).DialContext(ctx, "unix", "@uloopd")
-				return err
-			})
-			return c, err
-		},
-	}
-	defer tr.CloseIdleConnections()
-	client := &http.Client{Transport: tr, Timeout: 10 * time.Second}
-	resp, err := client.Get("http://uloopd" + path)
+	resp, err := controlClient(ns, 10*time.Second).Get("http://uloopd" + path)
 	if err != nil {
 		return err
 	}

@@ -2,7 +2,6 @@ package integration
 
 import (
 	"bytes"
-	"encoding/json"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -46,36 +45,5 @@ func testHTTPCurl(t *testing.T, e *env) {
 }
 
 func testIperf3(t *testing.T, e *env) {
-	const port = 5201
-	srv := e.ns.start(t, "iperf3", "--server", "--bind", "127.0.0.1", "--port", strconv.Itoa(port))
-	waitListening(t, srv, port)
-
-	before := e.snapshot(t)
-	r := e.ns.run(t, "iperf3", "--client", "127.0.0.1", "--port", strconv.Itoa(port), "--time", "2", "--json")
-	var report struct {
-		End struct {
-			SumSent struct {
-				Bytes         float64 `json:"bytes"`
-				BitsPerSecond float64 `json:"bits_per_second"`
-			} `json:"sum_sent"`
-			SumReceived struct {
-				Bytes         float64 `json:"bytes"`
-				BitsPerSecond float64 `json:"bits_per_second"`
-			} `json:"sum_received"`
-		} `json:"end"`
-		Error string `json:"error"`
-	}
-	if err := json.Unmarshal([]byte(r.stdout), &report); err != nil {
-		t.Fatalf("iperf3 JSON: %v\n%s", err, r)
-	}
-	if r.code != 0 || report.Error != "" {
-		t.Fatalf("iperf3 client: exit %d, error %q, want success\n%s", r.code, report.Error, r.stderr)
-	}
-	if report.End.SumReceived.Bytes <= 0 {
-		t.Fatalf("iperf3 received bytes: got %v, want > 0", report.End.SumReceived.Bytes)
-	}
-	t.Logf("iperf3 %s: %.2f Gbit/s received (%.0f MiB)", e.mode, report.End.SumReceived.BitsPerSecond/1e9, report.End.SumReceived.Bytes/(1<<20))
-	// A control and a data connection.
-	e.requireGrew(t, before, "uloop_tcp_connections_total", 2)
-	e.requireCrossed(t, before)
+	iperf3TCP(t, e) // requires success, bytes received, and in uloop mode the path
 }
