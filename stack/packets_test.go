@@ -1,15 +1,26 @@
 package stack
 
 import (
+	"testing"
+
 	"github.com/uloop/uloop/tundev/tundevtest"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/checksum"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 )
 
-// newCaptureDevice is an in-memory device whose written packets go to out.
-func newCaptureDevice(out chan<- []byte) *tundevtest.Device {
-	return tundevtest.New(65535, 16, func(p []byte) { out <- p })
+// newCaptureStack starts a stack on an in-memory device whose written
+// packets arrive on out; the stack closes when the test ends.
+func newCaptureStack(t *testing.T, cfg Config) (*Stack, *tundevtest.Device, <-chan []byte) {
+	t.Helper()
+	out := make(chan []byte, 8)
+	cfg.Device = tundevtest.New(65535, 16, func(p []byte) { out <- p })
+	s, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Close)
+	return s, cfg.Device.(*tundevtest.Device), out
 }
 
 // ipv4Packet builds an IPv4 packet with a valid header checksum.

@@ -254,13 +254,7 @@ func TestUDPIdleExpiry(t *testing.T) {
 // TestEchoAnyAddress: echo requests to any 127/8 address are answered by
 // the stack, with the addresses swapped and the data intact.
 func TestEchoAnyAddress(t *testing.T) {
-	out := make(chan []byte, 8)
-	dev := newCaptureDevice(out)
-	s, err := New(Config{Device: dev})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s, dev, out := newCaptureStack(t, Config{})
 	for _, dst := range [][4]byte{{127, 0, 0, 1}, {127, 9, 8, 7}} {
 		data := bytes.Repeat([]byte("ping"), 1000)
 		dev.Inject(echoRequest([4]byte{127, 0, 0, 1}, dst, 42, 7, data))
@@ -292,13 +286,7 @@ func TestEchoAnyAddress(t *testing.T) {
 // TestPassthrough: packets the stack has no business with (an unassigned
 // protocol, an ICMP error) go back to the kernel byte for byte.
 func TestPassthrough(t *testing.T) {
-	out := make(chan []byte, 8)
-	dev := newCaptureDevice(out)
-	s, err := New(Config{Device: dev})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s, dev, out := newCaptureStack(t, Config{})
 	unreach := ipv4Packet([4]byte{127, 0, 0, 1}, [4]byte{127, 0, 0, 1}, header.ICMPv4ProtocolNumber,
 		append([]byte{byte(header.ICMPv4DstUnreachable), byte(header.ICMPv4PortUnreachable), 0, 0, 0, 0, 0, 0}, make([]byte, 28)...))
 	for _, tt := range []struct {
@@ -414,13 +402,7 @@ func TestMaxFlows(t *testing.T) {
 // answered with ICMP port unreachable that quotes it, as the kernel answers
 // a datagram to a port with no socket.
 func TestMaxFlowsUDP(t *testing.T) {
-	out := make(chan []byte, 8)
-	dev := newCaptureDevice(out)
-	s, err := New(Config{Device: dev, MaxFlows: 1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s, dev, out := newCaptureStack(t, Config{MaxFlows: 1})
 	datagram := func(srcPort uint16) []byte {
 		u := make([]byte, header.UDPMinimumSize+4)
 		header.UDP(u).Encode(&header.UDPFields{SrcPort: srcPort, DstPort: 5353, Length: uint16(len(u))})
