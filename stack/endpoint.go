@@ -311,13 +311,30 @@ const (
 // already addressed and quoted the way the client's socket expects.
 // Anything that is not IPv4 is dropped: the device carries no IPv6 (Linux
 // refuses ::1 on any device but lo).
+//
+// TCP between a socket and itself (connected to its own address and port) is
+// handed back too. On lo that socket is its own peer: its SYN reaches itself
+// (a simultaneous open) and its ACKs acknowledge its own data. The relay's
+// mirrored tuple would be the connection itself, so the stack could only
+// stand in as a peer that does not exist on lo, with its own handshake,
+// window and MSS; and gVisor, unlike Linux, ignores the ACK of a data
+// segment that arrives at a zero receive window (tcp.receiver.acceptable),
+// so a socket that writes to itself while it reads stalled when looped
+// through one gVisor endpoint. Written back unchanged, every segment still
+// crosses the device and uloopd, and the kernel does exactly what it does on
+// lo.
 func classify(pkt []byte) verdict {
 	if len(pkt) < header.IPv4MinimumSize || header.IPVersion(pkt) != header.IPv4Version {
 		return drop
 	}
 	ip := header.IPv4(pkt)
 	switch ip.TransportProtocol() {
-	case header.TCPProtocolNumber, header.UDPProtocolNumber:
+	case header.TCPProtocolNumber:
+		if tcpToItself(ip) {
+			return passThrough
+		}
+		return toStack
+	case header.UDPProtocolNumber:
 		return toStack
 	case header.ICMPv4ProtocolNumber:
 		hl := int(ip.HeaderLength())
@@ -336,6 +353,17 @@ func classify(pkt []byte) verdict {
 	default:
 		return passThrough
 	}
+}
+
+// tcpToItself reports whether ip is a TCP segment whose source and
+// destination are the same address and port.
+func tcpToItself(ip header.IPv4) bool {
+	hl := int(ip.HeaderLength())
+	if ip.FragmentOffset() != 0 || hl < header.IPv4MinimumSize || len(ip) < hl+4 {
+		return false // the stack drops or reassembles it
+	}
+	tcp := header.TCP(ip[hl:])
+	return ip.SourceAddress() == ip.DestinationAddress() && tcp.SourcePort() == tcp.DestinationPort()
 }
 
 // write writes one packet to the device and counts it.

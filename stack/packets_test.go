@@ -50,3 +50,20 @@ func echoRequest(src, dst [4]byte, id, seq uint16, data []byte) []byte {
 	h.SetChecksum(^checksum.Checksum(m, 0))
 	return ipv4Packet(src, dst, header.ICMPv4ProtocolNumber, m)
 }
+
+// tcpSYN builds a TCP SYN with valid checksums.
+func tcpSYN(src, dst [4]byte, srcPort, dstPort uint16) []byte {
+	seg := make([]byte, header.TCPMinimumSize)
+	tcp := header.TCP(seg)
+	tcp.Encode(&header.TCPFields{
+		SrcPort:    srcPort,
+		DstPort:    dstPort,
+		SeqNum:     1000,
+		DataOffset: header.TCPMinimumSize,
+		Flags:      header.TCPFlagSyn,
+		WindowSize: 65535,
+	})
+	sum := header.PseudoHeaderChecksum(header.TCPProtocolNumber, tcpip.AddrFrom4(src), tcpip.AddrFrom4(dst), uint16(len(seg)))
+	tcp.SetChecksum(^checksum.Checksum(seg, sum))
+	return ipv4Packet(src, dst, header.TCPProtocolNumber, seg)
+}

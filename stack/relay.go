@@ -34,6 +34,13 @@ const udpRcvBuf = 1 << 20
 // endpoint A (local S, remote C) and relayed over endpoint B, which the
 // stack dials from C to S through the same TUN device (the mirrored tuple).
 // The kernel sees only the client's socket and the server's, as on lo.
+//
+// A UDP socket that sends to its own address and port is a flow whose client
+// and server are the same socket, so its mirrored tuple is the flow's own:
+// there is no second endpoint to dial. The stack still terminates it as A
+// and sends back on A what A receives, so the socket reads what it wrote, as
+// on lo. (A TCP socket connected to itself never reaches the relay: see
+// classify.)
 type relay struct {
 	gv      *stack.Stack
 	cfg     Config
@@ -148,6 +155,24 @@ func (r *relay) close() {
 type conn struct {
 	ep tcpip.Endpoint
 	wq *waiter.Queue
+}
+
+// ends returns a flow's distinct endpoints: one when the flow is
+// self-addressed (a == b).
+func ends(a, b conn) []conn {
+	if a == b {
+		return []conn{a}
+	}
+	return []conn{a, b}
+}
+
+// pipes returns the copies that carry a flow, as (src, dst) pairs: both
+// directions, or for a self-addressed flow the one loop from a back to a.
+func pipes(a, b conn) [][2]conn {
+	if a == b {
+		return [][2]conn{{a, a}}
+	}
+	return [][2]conn{{a, b}, {b, a}}
 }
 
 // notify registers for mask events on c's queue; the returned func
@@ -412,8 +437,9 @@ func (f *udpFlow) end() bool {
 	f.ended = true
 	f.mu.Unlock()
 	f.timer.Stop()
-	f.a.ep.Close()
-	f.b.ep.Close()
+	for _, c := range ends(f.a, f.b) {
+		c.ep.Close()
+	}
 	return true
 }
 
@@ -437,36 +463,48 @@ func (r *relay) handleUDPPacket(id stack.TransportEndpointID, pkt *stack.PacketB
 // block. Returning true keeps the stack
 // from answering with an ICMP error of its own: if the kernel has no
 // listener, it answers the relayed datagram itself, and that ICMP error
-// passes back to the client unchanged.
+// passes back to the client unchanged. A datagram that a socket sends to its
+// own address starts a flow that A loops back to the socket.
 func (r *relay) handleUDP(req *udp.ForwarderRequest) bool {
 	id := req.ID()
 	client := tcpip.FullAddress{Addr: id.RemoteAddress, Port: id.RemotePort}
 	server := tcpip.FullAddress{NIC: TUNNIC, Addr: id.LocalAddress, Port: id.LocalPort}
+	self := client.Addr == server.Addr && client.Port == server.Port
 
-	b, err := r.newMirrorEndpoint(udp.ProtocolNumber, client)
-	if err == nil {
-		if err = b.ep.Connect(server); err != nil {
-			b.ep.Close()
+	var b conn
+	if !self {
+		var err tcpip.Error
+		b, err = r.newMirrorEndpoint(udp.ProtocolNumber, client)
+		if err == nil {
+			if err = b.ep.Connect(server); err != nil {
+				b.ep.Close()
+			}
 		}
-	}
-	if err != nil {
-		r.release()
-		r.metrics.DroppedPackets.Add(1)
-		r.log.Debug("udp flow not relayed", "client", fmtAddr(client), "server", fmtAddr(server), "err", err)
-		return true
+		if err != nil {
+			r.release()
+			r.metrics.DroppedPackets.Add(1)
+			r.log.Debug("udp flow not relayed", "client", fmtAddr(client), "server", fmtAddr(server), "err", err)
+			return true
+		}
 	}
 	// Register the pipes before CreateEndpoint delivers the first datagram.
 	aq := new(waiter.Queue)
 	aep, err := req.CreateEndpoint(aq)
 	if err != nil {
-		b.ep.Close()
+		if !self {
+			b.ep.Close()
+		}
 		r.release()
 		r.metrics.DroppedPackets.Add(1)
 		r.log.Debug("udp flow not accepted", "client", fmtAddr(client), "server", fmtAddr(server), "err", err)
 		return true
 	}
-	f := &udpFlow{a: conn{ep: aep, wq: aq}, b: b, lastSeen: time.Now()}
-	for _, c := range []conn{f.a, f.b} {
+	a := conn{ep: aep, wq: aq}
+	if self {
+		b = a
+	}
+	f := &udpFlow{a: a, b: b, lastSeen: time.Now()}
+	for _, c := range ends(f.a, f.b) {
 		c.ep.SocketOptions().SetReceiveBufferSize(udpRcvBuf, true)
 	}
 	f.timer = time.AfterFunc(r.cfg.UDPIdleTimeout, func() { r.expireUDP(f) })
@@ -477,7 +515,8 @@ func (r *relay) handleUDP(req *udp.ForwarderRequest) bool {
 	}
 	r.metrics.UDPFlows.Add(1)
 	r.metrics.UDPFlowsActive.Add(1)
-	r.wg.Add(2)
+	ps := pipes(f.a, f.b)
+	r.wg.Add(len(ps))
 	var once sync.Once
 	done := func() {
 		// Either pipe stops only when the flow ended (idle timeout or
@@ -490,8 +529,9 @@ func (r *relay) handleUDP(req *udp.ForwarderRequest) bool {
 		})
 		r.wg.Done()
 	}
-	go func() { defer done(); r.pipeUDP(f, f.a, f.b) }()
-	go func() { defer done(); r.pipeUDP(f, f.b, f.a) }()
+	for _, p := range ps {
+		go func() { defer done(); r.pipeUDP(f, p[0], p[1]) }()
+	}
 	return true
 }
 

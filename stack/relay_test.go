@@ -284,7 +284,8 @@ func TestEchoAnyAddress(t *testing.T) {
 }
 
 // TestPassthrough: packets the stack has no business with (an unassigned
-// protocol, an ICMP error) go back to the kernel byte for byte.
+// protocol, an ICMP error, TCP from a socket to itself) go back to the
+// kernel byte for byte.
 func TestPassthrough(t *testing.T) {
 	s, dev, out := newCaptureStack(t, Config{})
 	unreach := ipv4Packet([4]byte{127, 0, 0, 1}, [4]byte{127, 0, 0, 1}, header.ICMPv4ProtocolNumber,
@@ -295,6 +296,7 @@ func TestPassthrough(t *testing.T) {
 	}{
 		{"protocol 253", ipv4Packet([4]byte{127, 0, 0, 1}, [4]byte{127, 0, 0, 2}, 253, []byte("experimental"))},
 		{"ICMP port unreachable", unreach},
+		{"TCP SYN to itself", tcpSYN([4]byte{127, 0, 0, 1}, [4]byte{127, 0, 0, 1}, 4000, 4000)},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			dev.Inject(tt.pkt)
@@ -308,8 +310,62 @@ func TestPassthrough(t *testing.T) {
 			}
 		})
 	}
-	if got := s.Metrics().PassthroughPackets.Load(); got != 2 {
-		t.Errorf("PassthroughPackets = %d, want 2", got)
+	if got := s.Metrics().PassthroughPackets.Load(); got != 3 {
+		t.Errorf("PassthroughPackets = %d, want 3", got)
+	}
+}
+
+// TestTCPToItselfOnly: only a segment whose source and destination are the
+// same address and port is handed back; the same port on another address,
+// or another port on the same address, is a flow the stack relays.
+func TestTCPToItselfOnly(t *testing.T) {
+	s, dev, out := newCaptureStack(t, Config{})
+	for _, pkt := range [][]byte{
+		tcpSYN([4]byte{127, 0, 0, 1}, [4]byte{127, 0, 0, 2}, 4000, 4000),
+		tcpSYN([4]byte{127, 0, 0, 1}, [4]byte{127, 0, 0, 1}, 4000, 4001),
+	} {
+		dev.Inject(pkt)
+		select {
+		case p := <-out:
+			// The relay dials the server from the client's tuple: a SYN
+			// of its own, not the client's passed back.
+			if bytes.Equal(p, pkt) {
+				t.Errorf("SYN %v passed through unchanged, want it relayed", header.IPv4(pkt).DestinationAddress())
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal("the relay sent nothing for a SYN")
+		}
+	}
+	if got := s.Metrics().PassthroughPackets.Load(); got != 0 {
+		t.Errorf("PassthroughPackets = %d, want 0", got)
+	}
+}
+
+// TestUDPToItself: a socket connected to its own address reads back every
+// datagram it sends, through the stack (one flow, looped on its endpoint).
+func TestUDPToItself(t *testing.T) {
+	k := newFakeKernel(t, 65535)
+	s := newTestStack(t, k, Config{})
+	self := addr4(127, 0, 0, 1, 5302)
+	c, err := gonet.DialUDP(k.gv, &self, &self, ipv4.ProtocolNumber)
+	if err != nil {
+		t.Fatalf("socket to itself: %v", err)
+	}
+	defer c.Close()
+	buf := make([]byte, 65536)
+	for _, size := range []int{1, 1400, 65507} {
+		msg := bytes.Repeat([]byte{byte(size)}, size)
+		if _, err := c.Write(msg); err != nil {
+			t.Fatalf("write %d: %v", size, err)
+		}
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		n, err := c.Read(buf)
+		if err != nil || !bytes.Equal(buf[:n], msg) {
+			t.Fatalf("read back: %d bytes, %v; want the %d sent", n, err, size)
+		}
+	}
+	if got := s.Metrics().UDPFlows.Load(); got != 1 {
+		t.Errorf("UDPFlows = %d, want 1", got)
 	}
 }
 
