@@ -39,6 +39,8 @@ type LinkEndpoint struct {
 	metrics *Metrics
 	// gso says whether SupportedGSO offers host GSO; set before Attach.
 	gso bool
+	// acks holds the stack's pure ACKs briefly (see ackHolder).
+	acks *ackHolder
 
 	// done is closed when the reader goroutine exits.
 	done chan struct{}
@@ -60,7 +62,9 @@ var (
 
 // NewLinkEndpoint returns an endpoint for dev. The reader starts on Attach.
 func NewLinkEndpoint(dev tundev.Device, m *Metrics) *LinkEndpoint {
-	return &LinkEndpoint{dev: dev, mtu: uint32(dev.MTU()), metrics: m, gso: true, done: make(chan struct{})}
+	e := &LinkEndpoint{dev: dev, mtu: uint32(dev.MTU()), metrics: m, gso: true, done: make(chan struct{})}
+	e.acks = newACKHolder(e.write, m)
+	return e
 }
 
 // Done is closed when the reader goroutine has stopped, after Close or
@@ -171,6 +175,7 @@ func (e *LinkEndpoint) Close() {
 	}
 	e.closed = true
 	e.mu.Unlock()
+	e.acks.stop()
 	e.dev.Close()
 }
 
@@ -387,7 +392,7 @@ func (e *LinkEndpoint) write(vnet tundev.VirtioNetHdr, pkt [][]byte) error {
 func (e *LinkEndpoint) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error) {
 	n := 0
 	for _, pkt := range pkts.AsSlice() {
-		if err := e.write(vnetHdr(pkt), pkt.AsSlices()); err != nil {
+		if err := e.acks.send(vnetHdr(pkt), pkt.AsSlices()); err != nil {
 			if errors.Is(err, os.ErrClosed) {
 				if n == 0 {
 					return 0, &tcpip.ErrClosedForSend{}

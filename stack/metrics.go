@@ -24,4 +24,5 @@ type Metrics struct {
 	ICMPEchoReplies    atomic.Uint64 // echo requests answered by the stack
 	PassthroughPackets atomic.Uint64 // packets written back to the kernel unchanged
 	DroppedPackets     atomic.Uint64 // packets read that were not IPv4, or malformed
+	ACKsCoalesced      atomic.Uint64 // pure ACKs never written: a later segment of the flow carried them
 }

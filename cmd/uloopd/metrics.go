@@ -48,6 +48,7 @@ func newCollector(m *stack.Metrics, drops func() map[string]uint64) *collector {
 	counter("uloop_icmp_echo_replies_total", "ICMP echo requests answered.", func(m *stack.Metrics) uint64 { return m.ICMPEchoReplies.Load() })
 	counter("uloop_passthrough_packets_total", "Packets handed back to the kernel unchanged (other protocols, ICMP errors).", func(m *stack.Metrics) uint64 { return m.PassthroughPackets.Load() })
 	counter("uloop_flows_rejected_total", "New TCP connections and UDP flows refused because --max-flows were relayed.", func(m *stack.Metrics) uint64 { return m.FlowsRejected.Load() })
+	counter("uloop_tcp_acks_coalesced_total", "Pure ACKs from the stack that were never written because a later segment of the same flow carried them.", func(m *stack.Metrics) uint64 { return m.ACKsCoalesced.Load() })
 	counter("uloop_dropped_packets_total", "Packets dropped as malformed, not IPv4, or not relayable.", func(m *stack.Metrics) uint64 { return m.DroppedPackets.Load() })
 	return c
 }
