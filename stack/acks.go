@@ -263,23 +263,18 @@ func (h *ackHolder) flushDue() {
 	}
 }
 
-// stop sends what is held and holds nothing from then on.
+// stop drops what is held and holds nothing from then on. It runs when
+// the stack closes, after the relay has reset every connection: a held ACK
+// would only draw a RST from a kernel that no longer has the socket.
 func (h *ackHolder) stop() {
 	h.mu.Lock()
+	defer h.mu.Unlock()
 	h.stopped = true
 	if h.timer != nil {
 		h.timer.Stop()
 		h.timer = nil
 	}
-	var held []*heldFlow
-	for id, f := range h.flows {
+	for id := range h.flows {
 		h.remove(id)
-		if f.pkt != nil {
-			held = append(held, f)
-		}
-	}
-	h.mu.Unlock()
-	for _, f := range held {
-		h.write(f.vnet, [][]byte{f.pkt})
 	}
 }

@@ -105,7 +105,7 @@ func TestACKHolder(t *testing.T) {
 }
 
 // TestACKHolderTimer: a held ACK that nothing carries is written within
-// about ackHoldTime, and stop writes what is still held.
+// about ackHoldTime, and stop drops what is still held.
 func TestACKHolderTimer(t *testing.T) {
 	var rec recordedWrites
 	var m Metrics
@@ -123,7 +123,8 @@ func TestACKHolderTimer(t *testing.T) {
 	}
 	h.send(tundev.VirtioNetHdr{}, segment(2, header.TCPFlagAck, 100, nil))
 	h.stop()
-	if n := len(rec.written()); n != 2 {
-		t.Errorf("after stop: %d packets written, want 2", n)
+	time.Sleep(2 * ackHoldTime)
+	if n := len(rec.written()); n != 1 {
+		t.Errorf("after stop: %d packets written, want 1", n)
 	}
 }

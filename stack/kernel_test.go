@@ -26,7 +26,7 @@ type fakeKernel struct {
 	dev *tundevtest.Device
 }
 
-func newFakeKernel(t *testing.T, mtu int) *fakeKernel {
+func newFakeKernel(t testing.TB, mtu int) *fakeKernel {
 	t.Helper()
 	k := &fakeKernel{
 		gv: gstack.New(gstack.Options{
@@ -90,7 +90,7 @@ func newFakeKernel(t *testing.T, mtu int) *fakeKernel {
 }
 
 // newTestStack starts a uloop stack on the fake kernel's device.
-func newTestStack(t *testing.T, k *fakeKernel, cfg Config) *Stack {
+func newTestStack(t testing.TB, k *fakeKernel, cfg Config) *Stack {
 	t.Helper()
 	cfg.Device = k.dev
 	s, err := New(cfg)

@@ -246,5 +246,10 @@ func (s *Stack) Close() {
 	s.relay.close()
 	s.gv.Close()
 	s.link.Close()
+	// The reader may be delivering a packet it read before the device
+	// closed; gVisor's Wait waits for the link endpoint while holding the
+	// stack's lock, which that delivery may need, so let the reader finish
+	// first.
+	s.link.Wait()
 	s.gv.Wait()
 }
