@@ -39,9 +39,15 @@ const (
 // loopbackNet is the block the kernel treats as loopback (RFC 1122 3.2.1.3).
 var loopbackNet = netip.MustParsePrefix("127.0.0.0/8")
 
+var (
+	localhost = netip.AddrFrom4([4]byte{127, 0, 0, 1})
+	// loopbackBroadcast is the broadcast address the kernel gives lo's
+	// 127.0.0.1/8 (table local): no TCP connection can use it.
+	loopbackBroadcast = netip.AddrFrom4([4]byte{127, 255, 255, 255})
+)
+
 // Config says which part of 127.0.0.0/8 goes through which device. Sockets
-// that do not bind a source get one inside the prefix: 127.0.0.1 if the
-// prefix holds it, else its first address after the network address.
+// that do not bind a source get one inside the prefix (see Source).
 type Config struct {
 	Device   string       // TUN device name (exists and is created by the caller)
 	Prefix   netip.Prefix // part of 127.0.0.0/8 taken over; zero value means 127.0.0.0/8
@@ -80,6 +86,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("prefix %v: not inside %v", p, loopbackNet)
 	case p != p.Masked():
 		return fmt.Errorf("prefix %v: host bits set (did you mean %v?)", p, p.Masked())
+	case p == netip.PrefixFrom(loopbackBroadcast, 32):
+		return fmt.Errorf("prefix %v: the broadcast address of 127.0.0.0/8 carries no TCP (no address to work from)", p)
 	}
 	if c.Table < 0 || int64(c.Table) > math.MaxUint32 || (c.Table >= 252 && c.Table <= 255) {
 		return fmt.Errorf("table %d: want 1 to 251 or 256 to 4294967295", c.Table)
@@ -106,20 +114,38 @@ func validDevice(name string) error {
 	return nil
 }
 
-// source is the preferred source address of the route through the TUN. It
-// lies inside the prefix so that replies to it are locally generated traffic
-// to the prefix as well and go back through the TUN; with 127.0.0.1 as the
-// source of a 127.77.0.0/16 takeover, the server's replies would go straight
-// to the client through lo, past the relay. It also keeps reverse-path
-// filtering happy (see deviceSysctls).
-func (c Config) source() netip.Addr {
-	if c.Prefix.Contains(netip.AddrFrom4([4]byte{127, 0, 0, 1})) {
-		return netip.AddrFrom4([4]byte{127, 0, 0, 1})
+// Source is the address a takeover of c.Prefix works from: the preferred
+// source of the route through the TUN, so the source of every locally
+// generated connection to the prefix that does not bind one, and the address
+// uloopd's ready probe listens and connects on. One function gives both: a
+// probe on any other address would either not go through the TUN at all or
+// prove nothing about the traffic programs send.
+//
+// It lies inside the prefix so that replies to it are locally generated
+// traffic to the prefix as well and go back through the TUN; with 127.0.0.1
+// as the source of a 127.77.0.0/16 takeover, the server's replies would go
+// straight to the client through lo, past the relay. It also keeps
+// reverse-path filtering happy (see deviceSysctls). The choice:
+//   - 127.0.0.1 if the prefix holds it, the address programs expect;
+//   - for a /32, its one address (the probe then connects from that
+//     address to itself, as a connection to 127.0.0.1 on lo does);
+//   - for a /31, its first address: a /31 has no network address (RFC
+//     3021), and the second address of 127.255.255.254/31 is the block's
+//     broadcast address, to which the kernel refuses TCP (ENETUNREACH);
+//   - otherwise the first address after the network address.
+//
+// Validate refuses the one prefix left without a usable address,
+// 127.255.255.255/32.
+func (c Config) Source() netip.Addr {
+	c = c.withDefaults()
+	switch p := c.Prefix; {
+	case p.Contains(localhost):
+		return localhost
+	case p.Bits() >= 31:
+		return p.Addr()
+	default:
+		return p.Addr().Next()
 	}
-	if c.Prefix.Bits() == 32 {
-		return c.Prefix.Addr()
-	}
-	return c.Prefix.Addr().Next()
 }
 
 // Test hooks, nil outside tests. afterStep runs after each step of Apply,

@@ -237,7 +237,7 @@ func (c Config) route(linkIndex int) *netlink.Route {
 	return &netlink.Route{
 		LinkIndex: linkIndex,
 		Dst:       &net.IPNet{IP: c.Prefix.Addr().AsSlice(), Mask: net.CIDRMask(c.Prefix.Bits(), 32)},
-		Src:       c.source().AsSlice(),
+		Src:       c.Source().AsSlice(),
 		Scope:     netlink.SCOPE_LINK,
 		Table:     c.Table,
 	}

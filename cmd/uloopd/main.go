@@ -182,7 +182,7 @@ func serve(o options, rcfg route.Config, log *slog.Logger) (err error) {
 
 	go serveControl(ctl, st, log)
 
-	if err := probe(rcfg.Prefix, metrics); err != nil {
+	if err := probe(rcfg.Source(), metrics); err != nil {
 		return fmt.Errorf("data path does not answer: %w", err)
 	}
 	if err := dropCapabilities(); errors.Is(err, errCapsNeedNoCgo) {
