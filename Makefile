@@ -44,9 +44,10 @@ sudo-ok:
 
 # Installs the tools the namespace tests drive (iperf3, ping, ...) when missing,
 # then runs every test, the namespace tests as root, and the fuzz target for a
-# short fixed time (as the user: it needs no root).
+# short fixed time (as the user: it needs no root). TESTFLAGS adds go test
+# flags, e.g. make test PKGS=./integration/ TESTFLAGS="-run 'TestHostState'".
 test: deps build vet sudo-ok
-	$(GO) test -count=1 -timeout 40m $(TEST_EXEC) $(PKGS)
+	$(GO) test -count=1 -timeout 40m $(TEST_EXEC) $(TESTFLAGS) $(PKGS)
 	$(MAKE) fuzz
 
 FUZZTIME ?= 20s
