@@ -40,7 +40,7 @@ vet:
 # Asks for the sudo password once, up front, instead of in the middle of
 # parallel test output. No-op as root.
 sudo-ok:
-	@$(if $(SUDO),sudo -v)
+	@$(if $(SUDO),sudo true)
 
 # Installs the tools the namespace tests drive (iperf3, ping, ...) when missing,
 # then runs every test, the namespace tests as root, and the fuzz target for a
