@@ -76,17 +76,3 @@ func TestSource(t *testing.T) {
 		}
 	}
 }
-
-func TestSnapshotDiff(t *testing.T) {
-	a := Snapshot{Rules: []string{"r0", "r1"}, Links: []string{"lo down"}}
-	if d := a.Diff(a); d != "" {
-		t.Errorf("Diff of equal snapshots: got %q, want \"\"", d)
-	}
-	b := Snapshot{Rules: []string{"r1", "r0"}, Links: []string{"lo up"}}
-	d := a.Diff(b)
-	for _, want := range []string{"-lo down", "+lo up", "other order"} {
-		if !strings.Contains(d, want) {
-			t.Errorf("Diff: got %q, want it to contain %q", d, want)
-		}
-	}
-}
