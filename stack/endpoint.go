@@ -8,7 +8,6 @@ import (
 	"sync"
 
 	"github.com/uloop/uloop/tundev"
-	"golang.zx2c4.com/wireguard/tun"
 	"gvisor.dev/gvisor/pkg/buffer"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
@@ -216,7 +215,7 @@ func (e *LinkEndpoint) readLoop(d stack.NetworkDispatcher) {
 			e.deliver(d, views[i])
 			fill(i)
 		}
-		if errors.Is(err, tun.ErrTooManySegments) {
+		if errors.Is(err, tundev.ErrTooManySegments) {
 			// A GSO super-packet split into more segments than one batch
 			// holds; the kernel retransmits what was lost.
 			e.metrics.DroppedPackets.Add(1)

@@ -18,10 +18,6 @@ import (
 	"gvisor.dev/gvisor/pkg/waiter"
 )
 
-// relayBufSize is the copy buffer of one direction of a relayed flow: large
-// enough for the biggest datagram, and for TCP a few segments per copy.
-const relayBufSize = 256 << 10
-
 // udpRcvBuf is the receive buffer of each UDP endpoint of a relayed flow.
 // gVisor's default (about 200 KiB) drops bursts of large datagrams that the
 // kernel's lo would still have room for at its wider defaults.
@@ -64,7 +60,7 @@ type flow interface {
 
 func newRelay(gv *stack.Stack, cfg Config) *relay {
 	r := &relay{gv: gv, cfg: cfg, metrics: cfg.Metrics, log: cfg.Logger, flows: make(map[flow]struct{}), closing: make(chan struct{})}
-	r.bufs.New = func() any { b := make([]byte, relayBufSize); return &b }
+	r.bufs.New = func() any { b := make([]byte, RelayBufferSize); return &b }
 	return r
 }
 

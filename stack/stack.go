@@ -32,13 +32,24 @@ const (
 	LoopbackNIC tcpip.NICID = 2
 )
 
-// Buffer sizes of every TCP endpoint in the stack. A relayed connection has
-// two endpoints, and per direction holds at most one receive buffer, one
-// send buffer and one relay copy buffer: with these values at most
-// 2 * (4 MiB + 4 MiB + 64 KiB) per connection, whatever the peers do.
+// What a relayed flow can hold in memory, whatever its peers do. These are
+// the one source of the figures in docs/architecture.md ("Memory bound per
+// connection") and of the bound the integration test of backpressure checks.
 const (
+	// TCPBufferMax is the largest receive or send buffer of a TCP endpoint
+	// in the stack; auto-tuning grows them from 1 MiB up to it.
+	TCPBufferMax = 4 << 20
+	// RelayBufferSize is the copy buffer of one direction of a relayed flow:
+	// large enough for the biggest datagram, and for TCP a few segments per
+	// copy (64 KiB cost more CPU per byte: docs/performance.md).
+	RelayBufferSize = 256 << 10
+	// TCPBytesPerDirection is the most one direction of a relayed TCP
+	// connection holds in the stack: the receive buffer of the endpoint
+	// that receives, the relay's copy buffer, and the send buffer of the
+	// endpoint that sends. A connection holds at most twice this.
+	TCPBytesPerDirection = TCPBufferMax + RelayBufferSize + TCPBufferMax
+
 	tcpBufferDefault = 1 << 20
-	tcpBufferMax     = 4 << 20
 )
 
 // Config configures a Stack.
@@ -181,8 +192,8 @@ func New(cfg Config) (*Stack, error) {
 func setTCPOptions(gv *stack.Stack) tcpip.Error {
 	sack := tcpip.TCPSACKEnabled(true)
 	moderate := tcpip.TCPModerateReceiveBufferOption(true)
-	rcv := tcpip.TCPReceiveBufferSizeRangeOption{Min: 4096, Default: tcpBufferDefault, Max: tcpBufferMax}
-	snd := tcpip.TCPSendBufferSizeRangeOption{Min: 4096, Default: tcpBufferDefault, Max: tcpBufferMax}
+	rcv := tcpip.TCPReceiveBufferSizeRangeOption{Min: 4096, Default: tcpBufferDefault, Max: TCPBufferMax}
+	snd := tcpip.TCPSendBufferSizeRangeOption{Min: 4096, Default: tcpBufferDefault, Max: TCPBufferMax}
 	// TIME-WAIT guards against a late duplicate of an old segment. Between
 	// the stack and the kernel there is no network to delay one, and the
 	// kernel's sockets keep their own TIME-WAIT; gVisor's default of 60 s
