@@ -158,9 +158,10 @@ var (
 
 // Takeover records the changes Apply made, so Undo can revert exactly those.
 type Takeover struct {
-	// mu guards undo.
 	mu sync.Mutex
-	// undo holds one function per change made, in the order made.
+	// undo holds one function per change made, in the order made. Apply
+	// fills it before any other goroutine can see the Takeover.
+	// +checklocks:mu
 	undo []func() error
 }
 
