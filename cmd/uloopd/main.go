@@ -1,3 +1,5 @@
+//go:build linux
+
 // Command uloopd is uloop's daemon: it takes over the IPv4 loopback block
 // (127.0.0.0/8, or part of it) of the network namespace it runs in and
 // carries every packet through a userspace TCP/IP stack.
