@@ -2,125 +2,43 @@ package integration
 
 import (
 	"fmt"
-	"regexp"
 	"strings"
 	"testing"
+
+	"github.com/uloop/uloop/route/routetest"
 )
 
 // hostState is the namespace configuration uloopd changes while it runs and
-// must give back: policy rules, all routing tables, links' up/down flags, and
-// the loopback-related sysctls. Each section is the text of one command.
-type hostState struct {
-	names []string
-	text  map[string]string
-}
+// must give back: policy rules, all routing tables, links' up/down state, and
+// the loopback-related sysctls, as route's own tests read it
+// (route/routetest).
+type hostState struct{ routetest.Snapshot }
 
-var stateSysctls = func() []string {
-	var keys []string
-	for _, dev := range []string{"all", "default", "lo"} {
-		for _, k := range []string{"route_localnet", "accept_local", "rp_filter"} {
-			keys = append(keys, "net.ipv4.conf."+dev+"."+k)
-		}
-	}
-	return keys
-}()
-
-var linkLineRE = regexp.MustCompile(`^\d+: ([^:]+): <([^>]*)>`)
-
+// readHostState reads ns's state from inside it; the zero-named namespace is
+// the test binary's own.
 func readHostState(t *testing.T, ns *netNS) hostState {
 	t.Helper()
-	s := hostState{text: map[string]string{}}
-	add := func(name string, argv ...string) string {
-		r := ns.run(t, argv...)
-		text := r.stdout
-		if r.code != 0 { // recorded, not fatal: e.g. no IPv6 in the namespace
-			text = fmt.Sprintf("exit %d: %s%s", r.code, r.stdout, r.stderr)
-		}
-		s.names = append(s.names, name)
-		s.text[name] = text
-		return r.stdout
+	var s routetest.Snapshot
+	take := func() (err error) { s, err = routetest.Take(); return err }
+	var err error
+	if ns.name == "" {
+		err = take()
+	} else {
+		err = ns.do(take)
 	}
-	add("ip rule", "ip", "-4", "rule", "show")
-	add("ip -6 rule", "ip", "-6", "rule", "show")
-	add("ip route", "ip", "-4", "route", "show", "table", "all")
-	add("ip -6 route", "ip", "-6", "route", "show", "table", "all")
-	links := add("ip link", "ip", "-o", "link", "show")
-	var flags []string
-	for _, line := range strings.Split(links, "\n") {
-		if m := linkLineRE.FindStringSubmatch(line); m != nil {
-			flags = append(flags, m[1]+" <"+m[2]+">")
-		}
+	if err != nil {
+		t.Fatalf("reading host state of %s: %v", ns, err)
 	}
-	s.text["ip link"] = strings.Join(flags, "\n")
-	add("sysctl", append([]string{"sysctl"}, stateSysctls...)...)
-	return s
+	return hostState{s}
 }
 
-// ignoringLoUp drops what bringing lo up adds by itself: lo's flags and the
-// kernel's routes on lo (table local, proto kernel). uloopd may leave lo up
-// after a crash and --cleanup.
-func (s hostState) ignoringLoUp() hostState {
-	out := hostState{names: s.names, text: map[string]string{}}
-	loRoute := regexp.MustCompile(`\bdev lo\b.*(\btable local\b|\bproto kernel\b)`)
-	for name, text := range s.text {
-		var keep []string
-		for _, line := range strings.Split(text, "\n") {
-			switch {
-			case strings.HasSuffix(name, "route") && loRoute.MatchString(line):
-				continue
-			case name == "ip link" && strings.HasPrefix(line, "lo <"):
-				line = "lo <flags ignored>"
-			}
-			keep = append(keep, line)
-		}
-		out.text[name] = strings.Join(keep, "\n")
-	}
-	return out
-}
-
-// diff describes how got differs from want, line by line; "" if equal.
-func (s hostState) diff(want hostState) string {
-	var b strings.Builder
-	for _, name := range want.names {
-		g, w := s.text[name], want.text[name]
-		if g == w {
-			continue
-		}
-		fmt.Fprintf(&b, "%s: got\n%s\nwant\n%s\n", name, indent(g), indent(w))
-		gl, wl := lineSet(g), lineSet(w)
-		for l := range gl {
-			if !wl[l] {
-				fmt.Fprintf(&b, "  + %s\n", l)
-			}
-		}
-		for l := range wl {
-			if !gl[l] {
-				fmt.Fprintf(&b, "  - %s\n", l)
-			}
-		}
-	}
-	return b.String()
-}
-
-func lineSet(s string) map[string]bool {
-	m := map[string]bool{}
-	for _, l := range strings.Split(s, "\n") {
-		if l = strings.TrimSpace(l); l != "" {
-			m[l] = true
-		}
-	}
-	return m
-}
-
-func indent(s string) string {
-	return "    " + strings.ReplaceAll(strings.TrimRight(s, "\n"), "\n", "\n    ")
-}
+// ignoringLoUp drops what bringing lo up adds by itself: lo's state and the
+// kernel's routes on lo. uloopd may leave lo up after a crash and --cleanup.
+func (s hostState) ignoringLoUp() hostState { return hostState{s.WithoutLo()} }
 
 func requireState(t *testing.T, what string, got, want hostState) {
 	t.Helper()
-	if d := got.diff(want); d != "" {
-		t.Errorf("%s: host state differs:\n%s", what, d)
-	}
+	routetest.Require(t, what, got.Snapshot, want.Snapshot)
 }
 
 // sysctl reads one sysctl inside ns.
@@ -144,8 +62,8 @@ func TestHostState(t *testing.T) {
 		requireState(t, "read twice", readHostState(t, ns), s0)
 		ns.mustRun(t, "ip", "link", "set", "lo", "up")
 		up := readHostState(t, ns)
-		if up.diff(s0) == "" {
-			t.Fatalf("snapshot did not change when lo went up:\n%v", up.text)
+		if up.Diff(s0.Snapshot) == "" {
+			t.Fatalf("snapshot did not change when lo went up:\n%v", up)
 		}
 		requireState(t, "lo up, ignoring lo", up.ignoringLoUp(), s0.ignoringLoUp())
 		ns.mustRun(t, "ip", "link", "set", "lo", "down")

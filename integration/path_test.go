@@ -36,11 +36,16 @@ func TestPathThroughTUN(t *testing.T) {
 	})
 }
 
-// linkNoise is how many bytes ulo0 may move without any of the test's
-// traffic: the kernel gives a TUN device (ARPHRD_NONE) a random IPv6
-// link-local address and sends router solicitations and MLD reports on it,
-// a few hundred bytes at a time. A TCP exchange of 1 MiB or a 1000-byte ping
-// that went through ulo0 would exceed it many times over.
+// linkNoise is how many bytes ulo0 may move during the "outside" subtest
+// without any of its own traffic crossing it: the closing packets of the
+// "inside" subtest's connection can still be on their way when the counters
+// are read (measured here: final ACKs, a FIN the server's kernel retransmits
+// about 10 ms later, and the RST that answers the stack's ACK to that
+// retransmit; under 100 bytes each). Nothing else crosses an idle ulo0:
+// route turns IPv6 off on it before the link goes up, so it sends no router
+// solicitations or MLD reports (an idle ulo0 moved no packet in 6 s after
+// ready). A TCP exchange of 1 MiB or a 1000-byte ping that went through ulo0
+// would exceed it many times over.
 const linkNoise = 4096
 
 // TestPrefix: with --prefix 127.77.0.0/16 only that prefix goes through ulo0;

@@ -16,6 +16,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/uloop/uloop/stack"
 )
 
 // TestTCP: what programs see of TCP over 127/8, on lo and through uloopd.
@@ -304,16 +306,16 @@ func sysctlInts(t *testing.T, ns *netNS, path string) []int64 {
 // bytes a client can write before blocking are bounded by what the path can
 // hold: the client's send buffer (at most tcp_wmem[2]) plus the server's
 // receive buffer (at most tcp_rmem[2]), plus, through uloopd, what the daemon
-// holds for one direction of a connection (docs/architecture.md: gVisor's
-// receive buffer on the client side, the relay's copy buffer and gVisor's
-// send buffer on the server side, 4 MiB + 256 KiB + 4 MiB). The namespace
-// defaults here are 4 MiB and up to 32 MiB (copied from the host), so the
-// bound is at most about 44 MiB;
-// the test requires both that bound and < 64 MiB. After the client stops,
-// the server reads everything that was accepted: nothing may be lost.
+// holds for one direction of a connection (stack.TCPBytesPerDirection:
+// gVisor's receive buffer on the client side, the relay's copy buffer and
+// gVisor's send buffer on the server side). The namespace defaults here are
+// 4 MiB and up to 32 MiB (copied from the host), so the bound is at most
+// about 44 MiB; the test requires both that bound and < 64 MiB. After the
+// client stops, the server reads everything that was accepted: nothing may
+// be lost.
 func testTCPBackpressure(t *testing.T, e *env) {
 	const (
-		daemonBound = 4<<20 + 256<<10 + 4<<20
+		daemonBound = stack.TCPBytesPerDirection
 		hardLimit   = 64 << 20
 		chunk       = 256 << 10
 	)

@@ -39,9 +39,15 @@ const (
 // loopbackNet is the block the kernel treats as loopback (RFC 1122 3.2.1.3).
 var loopbackNet = netip.MustParsePrefix("127.0.0.0/8")
 
+var (
+	localhost = netip.AddrFrom4([4]byte{127, 0, 0, 1})
+	// loopbackBroadcast is the broadcast address the kernel gives lo's
+	// 127.0.0.1/8 (table local): no TCP connection can use it.
+	loopbackBroadcast = netip.AddrFrom4([4]byte{127, 255, 255, 255})
+)
+
 // Config says which part of 127.0.0.0/8 goes through which device. Sockets
-// that do not bind a source get one inside the prefix: 127.0.0.1 if the
-// prefix holds it, else its first address after the network address.
+// that do not bind a source get one inside the prefix (see Source).
 type Config struct {
 	Device   string       // TUN device name (exists and is created by the caller)
 	Prefix   netip.Prefix // part of 127.0.0.0/8 taken over; zero value means 127.0.0.0/8
@@ -80,6 +86,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("prefix %v: not inside %v", p, loopbackNet)
 	case p != p.Masked():
 		return fmt.Errorf("prefix %v: host bits set (did you mean %v?)", p, p.Masked())
+	case p == netip.PrefixFrom(loopbackBroadcast, 32):
+		return fmt.Errorf("prefix %v: the broadcast address of 127.0.0.0/8 carries no TCP (no address to work from)", p)
 	}
 	if c.Table < 0 || int64(c.Table) > math.MaxUint32 || (c.Table >= 252 && c.Table <= 255) {
 		return fmt.Errorf("table %d: want 1 to 251 or 256 to 4294967295", c.Table)
@@ -106,20 +114,38 @@ func validDevice(name string) error {
 	return nil
 }
 
-// source is the preferred source address of the route through the TUN. It
-// lies inside the prefix so that replies to it are locally generated traffic
-// to the prefix as well and go back through the TUN; with 127.0.0.1 as the
-// source of a 127.77.0.0/16 takeover, the server's replies would go straight
-// to the client through lo, past the relay. It also keeps reverse-path
-// filtering happy (see deviceSysctls).
-func (c Config) source() netip.Addr {
-	if c.Prefix.Contains(netip.AddrFrom4([4]byte{127, 0, 0, 1})) {
-		return netip.AddrFrom4([4]byte{127, 0, 0, 1})
+// Source is the address a takeover of c.Prefix works from: the preferred
+// source of the route through the TUN, so the source of every locally
+// generated connection to the prefix that does not bind one, and the address
+// uloopd's ready probe listens and connects on. One function gives both: a
+// probe on any other address would either not go through the TUN at all or
+// prove nothing about the traffic programs send.
+//
+// It lies inside the prefix so that replies to it are locally generated
+// traffic to the prefix as well and go back through the TUN; with 127.0.0.1
+// as the source of a 127.77.0.0/16 takeover, the server's replies would go
+// straight to the client through lo, past the relay. It also keeps
+// reverse-path filtering happy (see deviceSysctls). The choice:
+//   - 127.0.0.1 if the prefix holds it, the address programs expect;
+//   - for a /32, its one address (the probe then connects from that
+//     address to itself, as a connection to 127.0.0.1 on lo does);
+//   - for a /31, its first address: a /31 has no network address (RFC
+//     3021), and the second address of 127.255.255.254/31 is the block's
+//     broadcast address, to which the kernel refuses TCP (ENETUNREACH);
+//   - otherwise the first address after the network address.
+//
+// Validate refuses the one prefix left without a usable address,
+// 127.255.255.255/32.
+func (c Config) Source() netip.Addr {
+	c = c.withDefaults()
+	switch p := c.Prefix; {
+	case p.Contains(localhost):
+		return localhost
+	case p.Bits() >= 31:
+		return p.Addr()
+	default:
+		return p.Addr().Next()
 	}
-	if c.Prefix.Bits() == 32 {
-		return c.Prefix.Addr()
-	}
-	return c.Prefix.Addr().Next()
 }
 
 // Test hooks, nil outside tests. afterStep runs after each step of Apply,
@@ -132,9 +158,10 @@ var (
 
 // Takeover records the changes Apply made, so Undo can revert exactly those.
 type Takeover struct {
-	// mu guards undo.
 	mu sync.Mutex
-	// undo holds one function per change made, in the order made.
+	// undo holds one function per change made, in the order made. Apply
+	// fills it before any other goroutine can see the Takeover.
+	// +checklocks:mu
 	undo []func() error
 }
 
@@ -161,58 +188,48 @@ func (t *Takeover) Undo() error {
 	return errors.Join(errs...)
 }
 
-// Snapshot is the host state uloopd may touch, one line per entry, for tests
-// that compare before start and after stop with reflect.DeepEqual.
-type Snapshot struct {
-	Rules   []string // IPv4 then IPv6 rules, in priority order
-	Routes  []string // routes of all tables, IPv4 and IPv6
-	Links   []string // "name up" or "name down"
-	Sysctls []string // "net/ipv4/conf/all/rp_filter=0", ...
-}
+// Sysctl is a setting under /proc/sys: Key is its path there
+// ("net/ipv4/conf/ulo0/route_localnet"), Value what Apply writes.
+type Sysctl struct{ Key, Value string }
 
-func (s Snapshot) sections() [][]string {
-	return [][]string{s.Rules, s.Routes, s.Links, s.Sysctls}
-}
-
-var sectionNames = []string{"rules", "routes", "links", "sysctls"}
-
-// String lists the snapshot one entry a line, by section.
-func (s Snapshot) String() string {
-	var b strings.Builder
-	for i, sec := range s.sections() {
-		fmt.Fprintf(&b, "%s:\n", sectionNames[i])
-		for _, l := range sec {
-			fmt.Fprintf(&b, "\t%s\n", l)
-		}
+// DeviceSysctls lists the settings Apply gives the device dev, in the order
+// it writes them (the IPv6 ones only where the kernel has IPv6). They are the
+// only sysctls a takeover changes; tests that snapshot host state read the
+// same names for all, default and lo, which must stay as they were.
+func DeviceSysctls(dev string) []Sysctl {
+	out := make([]Sysctl, len(deviceSysctls))
+	for i, s := range deviceSysctls {
+		out[i] = Sysctl{Key: fmt.Sprintf(s.Key, dev), Value: s.Value}
 	}
-	return b.String()
+	return out
 }
 
-// Diff describes how o differs from s: lines only in s start with "-", lines
-// only in o with "+". It returns "" when the snapshots are equal.
-func (s Snapshot) Diff(o Snapshot) string {
-	var b strings.Builder
-	for i, sec := range s.sections() {
-		other := o.sections()[i]
-		if slices.Equal(sec, other) {
-			continue
-		}
-		fmt.Fprintf(&b, "%s:\n", sectionNames[i])
-		n := b.Len()
-		for _, l := range sec {
-			if !slices.Contains(other, l) {
-				fmt.Fprintf(&b, "\t-%s\n", l)
-			}
-		}
-		for _, l := range other {
-			if !slices.Contains(sec, l) {
-				fmt.Fprintf(&b, "\t+%s\n", l)
-			}
-		}
-		if b.Len() == n {
-			fmt.Fprintf(&b, "\tsame entries, other order or count:\n\t-%s\n\t+%s\n",
-				strings.Join(sec, " | "), strings.Join(other, " | "))
-		}
-	}
-	return b.String()
+// deviceSysctls are the settings the TUN needs, keyed by path under
+// /proc/sys with %s for the device name (see DeviceSysctls). They are per
+// device only.
+//
+// rp_filter is left alone, on measurement (Linux 6.18, scratch namespace, a
+// TUN that writes every packet straight back, ping): with rp_filter=1 or 2 on
+// all, on default, on the device, or on all three, ping worked for
+// 127.0.0.0/8 and for 127.77.0.0/16 with a source inside it. The
+// reverse-path check of a packet from the TUN looks its source up as output traffic (iif lo), which takes our rule and
+// resolves to the TUN itself, the device the packet came in on. Only a
+// source outside the prefix (127.0.0.1 for a 127.77.0.0/16 takeover) is
+// dropped (IPReversePathFilter counts it), whatever the device's own value,
+// since the kernel uses max(all, device); Config.Source avoids that case.
+var deviceSysctls = []Sysctl{
+	// Turn IPv6 off first, before the device goes up: we carry no IPv6 over
+	// the TUN (the kernel drops ::1 from non-loopback devices), and an IPv6
+	// device sends router solicitations and MLD reports into the stack.
+	{"net/ipv6/conf/%s/disable_ipv6", "1"},
+	// Without it ip_route_input_slow treats 127/8 on a non-lo device as
+	// martian, source or destination.
+	{"net/ipv4/conf/%s/route_localnet", "1"},
+	// fib_validate_source drops packets from outside whose source is a local
+	// address unless accept_local is set or, with policy rules present, the
+	// reverse lookup gives a unicast route through the arriving device. Ours
+	// does for sources inside the prefix (measured: ping works without it),
+	// so this covers sources outside it, e.g. a client bound to 127.0.0.1
+	// talking to 127.77.0.0/16.
+	{"net/ipv4/conf/%s/accept_local", "1"},
 }

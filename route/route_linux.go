@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/uloop/uloop/route/internal/nlutil"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
@@ -47,12 +48,11 @@ func (t *Takeover) apply(c Config) error {
 	}
 	type step func() (undo func() error, err error)
 	var steps []step
-	for _, s := range deviceSysctls {
-		key := fmt.Sprintf(s.key, c.Device)
-		if strings.HasPrefix(key, "net/ipv6/") && !ipv6Enabled() {
+	for _, s := range DeviceSysctls(c.Device) {
+		if strings.HasPrefix(s.Key, "net/ipv6/") && !ipv6Enabled() {
 			continue
 		}
-		steps = append(steps, func() (func() error, error) { return setSysctl(key, s.val) })
+		steps = append(steps, func() (func() error, error) { return setSysctl(s.Key, s.Value) })
 	}
 	steps = append(steps,
 		// Before the route: the kernel refuses a route through a device
@@ -110,7 +110,7 @@ func CleanupRouting(c Config) error {
 	var errs []error
 	keep := func(_ func() error, err error) { errs = append(errs, err) }
 
-	rules, err := dump(func() ([]netlink.Rule, error) { return netlink.RuleList(netlink.FAMILY_V4) })
+	rules, err := nlutil.Dump(func() ([]netlink.Rule, error) { return netlink.RuleList(netlink.FAMILY_V4) })
 	if err != nil {
 		return fmt.Errorf("cleaning up %v through %s: listing rules: %w", c.Prefix, c.Device, err)
 	}
@@ -125,7 +125,7 @@ func CleanupRouting(c Config) error {
 			keep(delRule(&r))
 		}
 	}
-	routes, err := dump(func() ([]netlink.Route, error) {
+	routes, err := nlutil.Dump(func() ([]netlink.Route, error) {
 		return netlink.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: c.Table}, netlink.RT_FILTER_TABLE)
 	})
 	if err != nil {
@@ -141,18 +141,6 @@ func CleanupRouting(c Config) error {
 func ipv6Enabled() bool {
 	_, err := os.Stat("/proc/sys/net/ipv6") // absent with ipv6.disable=1
 	return err == nil
-}
-
-// dump retries a netlink dump that the kernel marked interrupted
-// (NLM_F_DUMP_INTR, the list changed meanwhile), so that no decision rests
-// on a partial list.
-func dump[T any](list func() ([]T, error)) ([]T, error) {
-	for i := 0; ; i++ {
-		v, err := list()
-		if !errors.Is(err, netlink.ErrDumpInterrupted) || i == 4 {
-			return v, err
-		}
-	}
 }
 
 func isNotFound(err error) bool {
@@ -205,7 +193,7 @@ func upLoopback() (undo func() error, err error) {
 	if lo.Attrs().Flags&net.FlagUp != 0 {
 		return nil, nil
 	}
-	addrs, err := dump(func() ([]netlink.Addr, error) { return netlink.AddrList(lo, netlink.FAMILY_V4) })
+	addrs, err := nlutil.Dump(func() ([]netlink.Addr, error) { return netlink.AddrList(lo, netlink.FAMILY_V4) })
 	if err != nil {
 		return nil, fmt.Errorf("listing addresses of lo: %w", err)
 	}
@@ -216,7 +204,7 @@ func upLoopback() (undo func() error, err error) {
 		if err := linkDown("lo"); err != nil || len(addrs) > 0 {
 			return err
 		}
-		now, err := dump(func() ([]netlink.Addr, error) { return netlink.AddrList(lo, netlink.FAMILY_V4) })
+		now, err := nlutil.Dump(func() ([]netlink.Addr, error) { return netlink.AddrList(lo, netlink.FAMILY_V4) })
 		if err != nil {
 			return fmt.Errorf("listing addresses of lo: %w", err)
 		}
@@ -237,14 +225,14 @@ func (c Config) route(linkIndex int) *netlink.Route {
 	return &netlink.Route{
 		LinkIndex: linkIndex,
 		Dst:       &net.IPNet{IP: c.Prefix.Addr().AsSlice(), Mask: net.CIDRMask(c.Prefix.Bits(), 32)},
-		Src:       c.source().AsSlice(),
+		Src:       c.Source().AsSlice(),
 		Scope:     netlink.SCOPE_LINK,
 		Table:     c.Table,
 	}
 }
 
 func findRoute(r *netlink.Route) (*netlink.Route, error) {
-	routes, err := dump(func() ([]netlink.Route, error) {
+	routes, err := nlutil.Dump(func() ([]netlink.Route, error) {
 		return netlink.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: r.Table}, netlink.RT_FILTER_TABLE)
 	})
 	if err != nil {
@@ -311,12 +299,12 @@ func localRule(priority int) *netlink.Rule {
 // findRule returns the IPv4 rule with the same selectors, table and
 // priority as r, whatever its protocol.
 func findRule(r *netlink.Rule) (*netlink.Rule, error) {
-	rules, err := dump(func() ([]netlink.Rule, error) { return netlink.RuleList(netlink.FAMILY_V4) })
+	rules, err := nlutil.Dump(func() ([]netlink.Rule, error) { return netlink.RuleList(netlink.FAMILY_V4) })
 	if err != nil {
 		return nil, fmt.Errorf("listing rules: %w", err)
 	}
 	for _, have := range rules {
-		if ruleKey(have) == ruleKey(*r) {
+		if nlutil.RuleKey(have) == nlutil.RuleKey(*r) {
 			return &have, nil
 		}
 	}
@@ -330,7 +318,7 @@ func addRule(r *netlink.Rule) (undo func() error, err error) {
 		return nil, err
 	}
 	if err := netlink.RuleAdd(r); err != nil {
-		return nil, fmt.Errorf("adding rule %s: %w", ruleKey(*r), err)
+		return nil, fmt.Errorf("adding rule %s: %w", nlutil.RuleKey(*r), err)
 	}
 	return func() error { _, err := delRule(r); return err }, nil
 }
@@ -343,7 +331,7 @@ func delRule(r *netlink.Rule) (undo func() error, err error) {
 		return nil, err
 	}
 	if err := netlink.RuleDel(have); err != nil {
-		return nil, fmt.Errorf("deleting rule %s: %w", ruleKey(*r), err)
+		return nil, fmt.Errorf("deleting rule %s: %w", nlutil.RuleKey(*r), err)
 	}
 	return func() error { _, err := addRule(have); return err }, nil
 }
@@ -366,131 +354,4 @@ func delTUN(name string) error {
 		return fmt.Errorf("deleting device %s: %w", name, err)
 	}
 	return nil
-}
-
-// ruleKey formats a rule the way ip rule shows it, without its protocol.
-func ruleKey(r netlink.Rule) string {
-	var b strings.Builder
-	fmt.Fprintf(&b, "%d:", r.Priority)
-	if r.Invert {
-		b.WriteString(" not")
-	}
-	from, to := "all", ""
-	if r.Src != nil {
-		from = r.Src.String()
-	}
-	if r.Dst != nil {
-		to = " to " + r.Dst.String()
-	}
-	fmt.Fprintf(&b, " from %s%s", from, to)
-	if r.Tos != 0 {
-		fmt.Fprintf(&b, " tos %#x", r.Tos)
-	}
-	if r.Mark != 0 || r.Mask != nil {
-		fmt.Fprintf(&b, " fwmark %#x", r.Mark)
-		if r.Mask != nil {
-			fmt.Fprintf(&b, "/%#x", *r.Mask)
-		}
-	}
-	if r.IifName != "" {
-		fmt.Fprintf(&b, " iif %s", r.IifName)
-	}
-	if r.OifName != "" {
-		fmt.Fprintf(&b, " oif %s", r.OifName)
-	}
-	if r.IPProto != 0 {
-		fmt.Fprintf(&b, " ipproto %d", r.IPProto)
-	}
-	if r.Sport != nil {
-		fmt.Fprintf(&b, " sport %d-%d", r.Sport.Start, r.Sport.End)
-	}
-	if r.Dport != nil {
-		fmt.Fprintf(&b, " dport %d-%d", r.Dport.Start, r.Dport.End)
-	}
-	if r.UIDRange != nil {
-		fmt.Fprintf(&b, " uidrange %d-%d", r.UIDRange.Start, r.UIDRange.End)
-	}
-	if r.Goto >= 0 {
-		fmt.Fprintf(&b, " goto %d", r.Goto)
-	} else {
-		fmt.Fprintf(&b, " lookup %d", r.Table)
-	}
-	if r.SuppressPrefixlen >= 0 {
-		fmt.Fprintf(&b, " suppress_prefixlength %d", r.SuppressPrefixlen)
-	}
-	return b.String()
-}
-
-var routeTypes = map[int]string{
-	unix.RTN_UNICAST: "unicast", unix.RTN_LOCAL: "local", unix.RTN_BROADCAST: "broadcast",
-	unix.RTN_ANYCAST: "anycast", unix.RTN_MULTICAST: "multicast", unix.RTN_BLACKHOLE: "blackhole",
-	unix.RTN_UNREACHABLE: "unreachable", unix.RTN_PROHIBIT: "prohibit", unix.RTN_THROW: "throw",
-}
-
-// TakeSnapshot reads the host state a takeover touches, in the calling
-// thread's network namespace.
-func TakeSnapshot() (Snapshot, error) {
-	var s Snapshot
-	links, err := dump(netlink.LinkList)
-	if err != nil {
-		return s, fmt.Errorf("snapshot: listing links: %w", err)
-	}
-	names := map[int]string{}
-	for _, l := range links {
-		a := l.Attrs()
-		names[a.Index] = a.Name
-		state := "down"
-		if a.Flags&net.FlagUp != 0 {
-			state = "up"
-		}
-		s.Links = append(s.Links, a.Name+" "+state)
-	}
-	for _, fam := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6} {
-		rules, err := dump(func() ([]netlink.Rule, error) { return netlink.RuleList(fam) })
-		if err != nil {
-			return s, fmt.Errorf("snapshot: listing rules: %w", err)
-		}
-		family := "ipv4"
-		if fam == netlink.FAMILY_V6 {
-			family = "ipv6"
-		}
-		for _, r := range rules {
-			s.Rules = append(s.Rules, fmt.Sprintf("%s %s proto %d", family, ruleKey(r), r.Protocol))
-		}
-	}
-	routes, err := dump(func() ([]netlink.Route, error) {
-		return netlink.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{Table: unix.RT_TABLE_UNSPEC}, netlink.RT_FILTER_TABLE)
-	})
-	if err != nil {
-		return s, fmt.Errorf("snapshot: listing routes: %w", err)
-	}
-	for _, r := range routes {
-		dst := "default"
-		if r.Dst != nil {
-			dst = r.Dst.String()
-		}
-		line := fmt.Sprintf("%s %s dev %s table %d proto %s scope %s", routeTypes[r.Type], dst, names[r.LinkIndex], r.Table, r.Protocol, r.Scope)
-		if r.Src != nil {
-			line += " src " + r.Src.String()
-		}
-		if r.Gw != nil {
-			line += " via " + r.Gw.String()
-		}
-		if r.Priority != 0 {
-			line += fmt.Sprintf(" metric %d", r.Priority)
-		}
-		if f := r.ListFlags(); len(f) > 0 {
-			line += " " + strings.Join(f, ",")
-		}
-		s.Routes = append(s.Routes, line)
-	}
-	slices.Sort(s.Routes) // dump order follows the kernel's table hash
-	for _, key := range snapshotSysctls {
-		v, err := readSysctl(key)
-		if err != nil {
-			return s, fmt.Errorf("snapshot: %w", err)
-		}
-		s.Sysctls = append(s.Sysctls, key+"="+v)
-	}
-	return s, nil
 }

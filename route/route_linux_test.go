@@ -1,4 +1,4 @@
-package route
+package route_test
 
 import (
 	"errors"
@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/uloop/uloop/route"
+	"github.com/uloop/uloop/route/routetest"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
@@ -68,39 +70,36 @@ func newTUN(t *testing.T, name string) netlink.Link {
 	return l
 }
 
-func snapshot(t *testing.T) Snapshot {
+func snapshot(t *testing.T) routetest.Snapshot {
 	t.Helper()
-	s, err := TakeSnapshot()
+	s, err := routetest.Take()
 	if err != nil {
 		t.Fatal(err)
 	}
 	return s
 }
 
-func checkSnapshot(t *testing.T, when string, want Snapshot) {
+func checkSnapshot(t *testing.T, when string, want routetest.Snapshot) {
 	t.Helper()
-	if got := snapshot(t); !reflect.DeepEqual(got, want) {
-		t.Errorf("%s: host state differs (-want +got):\n%s", when, want.Diff(got))
-	}
+	routetest.Require(t, when, snapshot(t), want)
 }
 
-// tunSysctls reads the TUN's settings that Apply changes; Snapshot leaves
-// them out since the device is not there before start and after stop.
+// tunSysctls reads the TUN's settings that Apply changes; the snapshot
+// leaves them out since the device is not there before start and after stop.
 func tunSysctls(t *testing.T) []string {
 	t.Helper()
 	var vals []string
-	for _, s := range deviceSysctls {
-		key := fmt.Sprintf(s.key, tunName)
-		vals = append(vals, key+"="+sysctl(t, key))
+	for _, s := range route.DeviceSysctls(tunName) {
+		vals = append(vals, s.Key+"="+sysctl(t, s.Key))
 	}
 	return vals
 }
 
-func apply(t *testing.T, c Config) *Takeover {
+func apply(t *testing.T, c route.Config) *route.Takeover {
 	t.Helper()
-	tk, err := Apply(c)
+	tk, err := route.Apply(c)
 	if err != nil {
-		t.Fatalf("Apply(%+v): %v", c, err)
+		t.Fatalf("route.Apply(%+v): %v", c, err)
 	}
 	return tk
 }
@@ -122,11 +121,23 @@ func routeVia(t *testing.T, dst string) (dev, src string) {
 
 func sysctl(t *testing.T, key string) string {
 	t.Helper()
-	v, err := readSysctl(key)
+	b, err := os.ReadFile("/proc/sys/" + key)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return v
+	return strings.TrimSpace(string(b))
+}
+
+// setUp brings a link up. Equivalent to: ip link set dev <name> up
+func setUp(t *testing.T, name string) {
+	t.Helper()
+	l, err := netlink.LinkByName(name)
+	if err == nil {
+		err = netlink.LinkSetUp(l)
+	}
+	if err != nil {
+		t.Fatalf("bringing %s up: %v", name, err)
+	}
 }
 
 func isUp(t *testing.T, name string) bool {
@@ -144,7 +155,7 @@ func TestApply(t *testing.T) {
 	if isUp(t, "lo") {
 		t.Fatal("lo is up in a fresh namespace; the test cannot check that Apply brings it up")
 	}
-	tk := apply(t, Config{Device: tunName})
+	tk := apply(t, route.Config{Device: tunName})
 	defer tk.Undo()
 
 	for _, dst := range []string{"127.0.0.1", "127.1.2.3", "127.255.255.254"} {
@@ -197,15 +208,13 @@ func TestApply(t *testing.T) {
 func TestOtherInterfaceStillMartian(t *testing.T) {
 	inNewNetns(t)
 	newTUN(t, tunName)
-	defer apply(t, Config{Device: tunName}).Undo()
+	defer apply(t, route.Config{Device: tunName}).Undo()
 	veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "va"}, PeerName: "vb"}
 	if err := netlink.LinkAdd(veth); err != nil {
 		t.Fatal(err)
 	}
 	for _, name := range []string{"va", "vb"} {
-		if _, err := linkUp(name); err != nil {
-			t.Fatal(err)
-		}
+		setUp(t, name)
 	}
 	dst := net.ParseIP("127.0.0.1")
 	if r, err := netlink.RouteGetWithOptions(dst, &netlink.RouteGetOptions{Iif: "va", SrcAddr: net.ParseIP("10.0.0.2")}); err == nil {
@@ -221,7 +230,7 @@ func TestApplyUndoRestoresSnapshot(t *testing.T) {
 	inNewNetns(t)
 	newTUN(t, tunName)
 	before, beforeTUN := snapshot(t), tunSysctls(t)
-	tk := apply(t, Config{Device: tunName})
+	tk := apply(t, route.Config{Device: tunName})
 	if reflect.DeepEqual(snapshot(t), before) {
 		t.Fatal("snapshot unchanged by Apply: it would not notice a failed Undo")
 	}
@@ -247,12 +256,10 @@ func TestCleanupAfterKill(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			inNewNetns(t)
 			// Cleanup cannot know whether lo was down before; start with it up.
-			if _, err := upLoopback(); err != nil {
-				t.Fatal(err)
-			}
+			setUp(t, "lo")
 			before := snapshot(t)
 			tun := newTUN(t, tunName)
-			c := Config{Device: tunName}
+			c := route.Config{Device: tunName}
 			apply(t, c) // killed: no Undo
 			if deleteTUN {
 				if err := netlink.LinkDel(tun); err != nil {
@@ -260,7 +267,7 @@ func TestCleanupAfterKill(t *testing.T) {
 				}
 			}
 			for i := range 2 {
-				if err := Cleanup(c); err != nil {
+				if err := route.Cleanup(c); err != nil {
 					t.Fatalf("Cleanup #%d: %v", i+1, err)
 				}
 				checkSnapshot(t, "after Cleanup", before)
@@ -275,7 +282,7 @@ func TestCleanupAfterKill(t *testing.T) {
 func TestCleanupCleanNamespace(t *testing.T) {
 	inNewNetns(t)
 	before := snapshot(t)
-	if err := Cleanup(Config{Device: tunName}); err != nil {
+	if err := route.Cleanup(route.Config{Device: tunName}); err != nil {
 		t.Fatalf("Cleanup: %v", err)
 	}
 	checkSnapshot(t, "after Cleanup", before)
@@ -289,13 +296,13 @@ func TestRefusesOtherDevices(t *testing.T) {
 		t.Fatal(err)
 	}
 	before := snapshot(t)
-	if _, err := Apply(Config{Device: "va"}); err == nil {
+	if _, err := route.Apply(route.Config{Device: "va"}); err == nil {
 		t.Error("Apply with a veth as Device: got nil, want an error")
 	}
 	if got := sysctl(t, "net/ipv4/conf/va/route_localnet"); got != "0" {
 		t.Errorf("route_localnet of va after Apply: got %s, want 0", got)
 	}
-	if err := Cleanup(Config{Device: "va"}); err == nil {
+	if err := route.Cleanup(route.Config{Device: "va"}); err == nil {
 		t.Error("Cleanup with a veth as Device: got nil, want an error")
 	}
 	checkSnapshot(t, "after Apply and Cleanup on a veth", before)
@@ -304,7 +311,7 @@ func TestRefusesOtherDevices(t *testing.T) {
 func TestPrefix(t *testing.T) {
 	inNewNetns(t)
 	newTUN(t, tunName)
-	defer apply(t, Config{Device: tunName, Prefix: netip.MustParsePrefix("127.77.0.0/16")}).Undo()
+	defer apply(t, route.Config{Device: tunName, Prefix: netip.MustParsePrefix("127.77.0.0/16")}).Undo()
 	for _, tt := range []struct{ dst, dev, src string }{
 		{"127.77.1.2", tunName, "127.77.0.1"},
 		{"127.77.0.1", tunName, "127.77.0.1"}, // replies to the source go back through the TUN
@@ -320,7 +327,7 @@ func TestPrefix(t *testing.T) {
 func TestApplyMissingDevice(t *testing.T) {
 	inNewNetns(t)
 	before := snapshot(t)
-	if _, err := Apply(Config{Device: "nosuch0"}); err == nil || !strings.Contains(err.Error(), "nosuch0") {
+	if _, err := route.Apply(route.Config{Device: "nosuch0"}); err == nil || !strings.Contains(err.Error(), "nosuch0") {
 		t.Errorf("Apply with a missing device: got %v, want an error naming nosuch0", err)
 	}
 	checkSnapshot(t, "after failed Apply", before)
@@ -346,14 +353,12 @@ func TestApplyFailsPartWay(t *testing.T) {
 		t.Run(fmt.Sprintf("lo up %v", loUp), func(t *testing.T) {
 			inNewNetns(t)
 			if loUp {
-				if _, err := upLoopback(); err != nil {
-					t.Fatal(err)
-				}
+				setUp(t, "lo")
 			}
 			newTUN(t, tunName)
 			before, beforeTUN := snapshot(t), tunSysctls(t)
 			errInjected := errors.New("injected failure")
-			t.Cleanup(func() { afterStep, afterUndoStep = nil, nil })
+			var afterUndoStep func()
 			if loUp {
 				afterUndoStep = func() {
 					if !deliverable() {
@@ -361,10 +366,11 @@ func TestApplyFailsPartWay(t *testing.T) {
 					}
 				}
 			}
+			t.Cleanup(func() { route.SetStepHooks(nil, nil) })
 			steps := 0
 			for n := 1; n < 30 && steps == 0; n++ {
 				seen := false
-				afterStep = func(step int) error { // fails at step n
+				route.SetStepHooks(func(step int) error { // fails at step n
 					ok := deliverable()
 					if seen && !ok {
 						t.Errorf("step %d of Apply left 127.0.0.0/8 without a route", step)
@@ -374,8 +380,8 @@ func TestApplyFailsPartWay(t *testing.T) {
 						return errInjected
 					}
 					return nil
-				}
-				tk, err := Apply(Config{Device: tunName})
+				}, afterUndoStep)
+				tk, err := route.Apply(route.Config{Device: tunName})
 				if err == nil {
 					steps = n - 1
 					if err := tk.Undo(); err != nil {
@@ -401,7 +407,7 @@ func TestDeviceDeletedFallsThrough(t *testing.T) {
 	inNewNetns(t)
 	before := snapshot(t)
 	tun := newTUN(t, tunName)
-	tk := apply(t, Config{Device: tunName})
+	tk := apply(t, route.Config{Device: tunName})
 	if err := netlink.LinkDel(tun); err != nil {
 		t.Fatal(err)
 	}
@@ -465,7 +471,7 @@ func TestTrafficThroughTUN(t *testing.T) {
 				}
 			}
 			tun := openTUN(t, tunName)
-			defer apply(t, Config{Device: tunName, Prefix: netip.MustParsePrefix(tt.prefix)}).Undo()
+			defer apply(t, route.Config{Device: tunName, Prefix: netip.MustParsePrefix(tt.prefix)}).Undo()
 			if got := sysctl(t, "net/ipv4/conf/"+tunName+"/rp_filter"); got != tt.rpFilter {
 				t.Fatalf("rp_filter of the TUN: got %s, want %s (inherited from default)", got, tt.rpFilter)
 			}

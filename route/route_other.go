@@ -16,8 +16,5 @@ func Apply(c Config) (*Takeover, error) { return nil, errUnsupported }
 // Cleanup is only implemented on Linux.
 func Cleanup(c Config) error { return errUnsupported }
 
-// TakeSnapshot is only implemented on Linux.
-func TakeSnapshot() (Snapshot, error) { return Snapshot{}, errUnsupported }
-
 // CleanupRouting is only implemented on Linux.
 func CleanupRouting(c Config) error { return errUnsupported }

@@ -30,6 +30,7 @@ func TestConfigValidate(t *testing.T) {
 		{"wider than 127/8", Config{Device: "ulo0", Prefix: p("126.0.0.0/7")}, "not inside"},
 		{"IPv6", Config{Device: "ulo0", Prefix: p("::1/128")}, "IPv4"},
 		{"IPv4-mapped", Config{Device: "ulo0", Prefix: p("::ffff:127.0.0.0/104")}, "IPv4"},
+		{"broadcast only", Config{Device: "ulo0", Prefix: p("127.255.255.255/32")}, "broadcast"},
 		{"host bits", Config{Device: "ulo0", Prefix: p("127.77.1.0/16")}, "host bits"},
 		{"invalid prefix", Config{Device: "ulo0", Prefix: netip.PrefixFrom(netip.MustParseAddr("127.0.0.1"), 33)}, "IPv4"},
 		{"table local", Config{Device: "ulo0", Table: 255}, "table"},
@@ -56,27 +57,22 @@ func TestSource(t *testing.T) {
 		{"127.0.0.0/8", "127.0.0.1"},
 		{"127.0.0.0/24", "127.0.0.1"},
 		{"127.77.0.0/16", "127.77.0.1"},
-		{"127.77.1.2/31", "127.77.1.3"},
+		{"127.0.0.0/31", "127.0.0.1"},
+		{"127.77.1.2/31", "127.77.1.2"},
+		{"127.255.255.254/31", "127.255.255.254"},
 		{"127.77.1.2/32", "127.77.1.2"},
+		{"127.0.0.0/32", "127.0.0.0"},
+	}
+	if got := (Config{Device: "ulo0"}).Source().String(); got != "127.0.0.1" {
+		t.Errorf("source of the default prefix: got %s, want 127.0.0.1", got)
 	}
 	for _, tt := range tests {
-		c := Config{Device: "ulo0", Prefix: netip.MustParsePrefix(tt.prefix)}.withDefaults()
-		if got := c.source().String(); got != tt.want {
-			t.Errorf("source of %s: got %s, want %s", tt.prefix, got, tt.want)
+		c := Config{Device: "ulo0", Prefix: netip.MustParsePrefix(tt.prefix)}
+		if err := c.Validate(); err != nil {
+			t.Errorf("Validate(%s): %v", tt.prefix, err)
 		}
-	}
-}
-
-func TestSnapshotDiff(t *testing.T) {
-	a := Snapshot{Rules: []string{"r0", "r1"}, Links: []string{"lo down"}}
-	if d := a.Diff(a); d != "" {
-		t.Errorf("Diff of equal snapshots: got %q, want \"\"", d)
-	}
-	b := Snapshot{Rules: []string{"r1", "r0"}, Links: []string{"lo up"}}
-	d := a.Diff(b)
-	for _, want := range []string{"-lo down", "+lo up", "other order"} {
-		if !strings.Contains(d, want) {
-			t.Errorf("Diff: got %q, want it to contain %q", d, want)
+		if got := c.Source().String(); got != tt.want {
+			t.Errorf("source of %s: got %s, want %s", tt.prefix, got, tt.want)
 		}
 	}
 }

@@ -10,7 +10,7 @@
 # prove the path, then tears everything down (also on Ctrl-C or failure).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[ "$(id -u)" -eq 0 ] || { echo "demo: run as root (sudo make demo)" >&2; exit 1; }
+[ "$(id -u)" -eq 0 ] || { echo "demo: run as root (make demo asks sudo for it)" >&2; exit 1; }
 
 ns="uloop-demo-$$"
 daemon=""

@@ -18,7 +18,7 @@
 # Everything it started is stopped, and the namespace deleted, on any exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[ "$(id -u)" -eq 0 ] || { echo "soak: run as root (sudo make soak)" >&2; exit 1; }
+[ "$(id -u)" -eq 0 ] || { echo "soak: run as root (make soak asks sudo for it)" >&2; exit 1; }
 
 seconds() { # 90 | 90s | 3m | 2h -> seconds
 	local v=$1

@@ -8,7 +8,6 @@ import (
 	"sync"
 
 	"github.com/uloop/uloop/tundev"
-	"golang.zx2c4.com/wireguard/tun"
 	"gvisor.dev/gvisor/pkg/buffer"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
@@ -22,7 +21,7 @@ import (
 // the rest of its trip through the stack.
 const copyBelow = buffer.MaxChunkSize / 4
 
-// LinkEndpoint joins a tundev.Device to a gVisor stack. Its reader goroutine
+// linkEndpoint joins a tundev.Device to a gVisor stack. Its reader goroutine
 // reads batches of IPv4 packets from the device and delivers them to the
 // stack, or writes them straight back when the stack has no business with
 // them (see classify); WritePackets writes the stack's packets to the device.
@@ -33,7 +32,7 @@ const copyBelow = buffer.MaxChunkSize / 4
 // references for as long as it holds the data. WritePackets only borrows
 // the packets it is given: their views go to the device's writev, and their
 // owner (the stack) DecRefs them after the call.
-type LinkEndpoint struct {
+type linkEndpoint struct {
 	dev     tundev.Device
 	mtu     uint32
 	metrics *Metrics
@@ -45,55 +44,60 @@ type LinkEndpoint struct {
 	// done is closed when the reader goroutine exits.
 	done chan struct{}
 
-	// mu guards the fields below.
 	mu sync.Mutex
 	// dispatcher is the stack side; nil until Attach.
+	// +checklocks:mu
 	dispatcher stack.NetworkDispatcher
-	started    bool
-	closed     bool
+	// started is set when Attach starts the reader.
+	// +checklocks:mu
+	started bool
+	// closed is set by Close.
+	// +checklocks:mu
+	closed bool
 	// readErr is why the reader stopped, if not because of Close.
+	// +checklocks:mu
 	readErr error
 }
 
 var (
-	_ stack.LinkEndpoint = (*LinkEndpoint)(nil)
-	_ stack.GSOEndpoint  = (*LinkEndpoint)(nil)
+	_ stack.LinkEndpoint = (*linkEndpoint)(nil)
+	_ stack.GSOEndpoint  = (*linkEndpoint)(nil)
 )
 
-// NewLinkEndpoint returns an endpoint for dev. The reader starts on Attach.
-func NewLinkEndpoint(dev tundev.Device, m *Metrics) *LinkEndpoint {
-	e := &LinkEndpoint{dev: dev, mtu: uint32(dev.MTU()), metrics: m, gso: true, done: make(chan struct{})}
+// newLinkEndpoint returns an endpoint for dev. The reader starts on Attach.
+func newLinkEndpoint(dev tundev.Device, m *Metrics) *linkEndpoint {
+	e := &linkEndpoint{dev: dev, mtu: uint32(dev.MTU()), metrics: m, gso: true, done: make(chan struct{})}
 	e.acks = newACKHolder(e.write, m)
 	return e
 }
 
 // Done is closed when the reader goroutine has stopped, after Close or
 // because the device failed (for example, it was deleted); Err says why.
-func (e *LinkEndpoint) Done() <-chan struct{} { return e.done }
+func (e *linkEndpoint) Done() <-chan struct{} { return e.done }
 
 // Err is the error that stopped the reader, or nil if it was stopped by
 // Close or is still running.
-func (e *LinkEndpoint) Err() error {
+func (e *linkEndpoint) Err() error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	return e.readErr
 }
 
 // MTU implements stack.LinkEndpoint.MTU.
-func (e *LinkEndpoint) MTU() uint32 { return e.mtu }
+func (e *linkEndpoint) MTU() uint32 { return e.mtu }
 
 // SetMTU implements stack.LinkEndpoint.SetMTU. The device's MTU is fixed.
-func (e *LinkEndpoint) SetMTU(uint32) {}
+func (e *linkEndpoint) SetMTU(uint32) {}
 
 // MaxHeaderLength implements stack.LinkEndpoint.MaxHeaderLength. A TUN
 // device carries bare IP packets.
-func (*LinkEndpoint) MaxHeaderLength() uint16 { return 0 }
+func (*linkEndpoint) MaxHeaderLength() uint16 { return 0 }
 
 // LinkAddress implements stack.LinkEndpoint.LinkAddress.
-func (*LinkEndpoint) LinkAddress() tcpip.LinkAddress { return "" }
+func (*linkEndpoint) LinkAddress() tcpip.LinkAddress { return "" }
 
 // SetLinkAddress implements stack.LinkEndpoint.SetLinkAddress.
-func (*LinkEndpoint) SetLinkAddress(tcpip.LinkAddress) {}
+func (*linkEndpoint) SetLinkAddress(tcpip.LinkAddress) {}
 
 // Capabilities implements stack.LinkEndpoint.Capabilities. TX checksum
 // offload: gVisor leaves TCP and UDP checksums to the link, and vnetHdr
@@ -101,7 +105,7 @@ func (*LinkEndpoint) SetLinkAddress(tcpip.LinkAddress) {}
 // delivery trusts without summing the payload. No RX offload: on the way
 // in, gVisor's own check is what turns a corrupt packet (say, from a raw
 // socket) into a counted drop, as the kernel's lo would drop it.
-func (*LinkEndpoint) Capabilities() stack.LinkEndpointCapabilities {
+func (*linkEndpoint) Capabilities() stack.LinkEndpointCapabilities {
 	return stack.CapabilityTXChecksumOffload
 }
 
@@ -110,7 +114,7 @@ func (*LinkEndpoint) Capabilities() stack.LinkEndpointCapabilities {
 // the pseudo-header checksum, and the virtio-net header tells the kernel so
 // (CHECKSUM_PARTIAL). For local delivery the kernel then neither checksums
 // nor segments them: no one computes a checksum over the payload at all.
-func (e *LinkEndpoint) SupportedGSO() stack.SupportedGSO {
+func (e *linkEndpoint) SupportedGSO() stack.SupportedGSO {
 	if !e.gso {
 		return stack.GSONotSupported
 	}
@@ -119,25 +123,25 @@ func (e *LinkEndpoint) SupportedGSO() stack.SupportedGSO {
 
 // GSOMaxSize implements stack.GSOEndpoint.GSOMaxSize: the largest IPv4
 // packet, which is also what an skb from a TUN write may hold.
-func (*LinkEndpoint) GSOMaxSize() uint32 { return maxIPv4PacketSize }
+func (*linkEndpoint) GSOMaxSize() uint32 { return maxIPv4PacketSize }
 
 // maxIPv4PacketSize is the largest IPv4 packet: TotalLength is 16 bits.
 const maxIPv4PacketSize = 1<<16 - 1
 
 // ARPHardwareType implements stack.LinkEndpoint.ARPHardwareType.
-func (*LinkEndpoint) ARPHardwareType() header.ARPHardwareType { return header.ARPHardwareNone }
+func (*linkEndpoint) ARPHardwareType() header.ARPHardwareType { return header.ARPHardwareNone }
 
 // AddHeader implements stack.LinkEndpoint.AddHeader.
-func (*LinkEndpoint) AddHeader(*stack.PacketBuffer) {}
+func (*linkEndpoint) AddHeader(*stack.PacketBuffer) {}
 
 // ParseHeader implements stack.LinkEndpoint.ParseHeader.
-func (*LinkEndpoint) ParseHeader(*stack.PacketBuffer) bool { return true }
+func (*linkEndpoint) ParseHeader(*stack.PacketBuffer) bool { return true }
 
 // SetOnCloseAction implements stack.LinkEndpoint.SetOnCloseAction.
-func (*LinkEndpoint) SetOnCloseAction(func()) {}
+func (*linkEndpoint) SetOnCloseAction(func()) {}
 
 // IsAttached implements stack.LinkEndpoint.IsAttached.
-func (e *LinkEndpoint) IsAttached() bool {
+func (e *linkEndpoint) IsAttached() bool {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	return e.dispatcher != nil
@@ -145,7 +149,7 @@ func (e *LinkEndpoint) IsAttached() bool {
 
 // Attach implements stack.LinkEndpoint.Attach. The first attach starts the
 // reader goroutine; detaching (nil) leaves it to Close to stop.
-func (e *LinkEndpoint) Attach(d stack.NetworkDispatcher) {
+func (e *linkEndpoint) Attach(d stack.NetworkDispatcher) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	e.dispatcher = d
@@ -156,7 +160,7 @@ func (e *LinkEndpoint) Attach(d stack.NetworkDispatcher) {
 }
 
 // Wait implements stack.LinkEndpoint.Wait.
-func (e *LinkEndpoint) Wait() {
+func (e *linkEndpoint) Wait() {
 	e.mu.Lock()
 	started := e.started
 	e.mu.Unlock()
@@ -167,7 +171,7 @@ func (e *LinkEndpoint) Wait() {
 
 // Close implements stack.LinkEndpoint.Close: it closes the device, which
 // makes the reader's blocked Read return.
-func (e *LinkEndpoint) Close() {
+func (e *linkEndpoint) Close() {
 	e.mu.Lock()
 	if e.closed {
 		e.mu.Unlock()
@@ -180,7 +184,7 @@ func (e *LinkEndpoint) Close() {
 }
 
 // readLoop reads batches from the device until it fails or is closed.
-func (e *LinkEndpoint) readLoop(d stack.NetworkDispatcher) {
+func (e *linkEndpoint) readLoop(d stack.NetworkDispatcher) {
 	defer close(e.done)
 	batch := e.dev.BatchSize()
 	views := make([]*buffer.View, batch)
@@ -221,7 +225,7 @@ func (e *LinkEndpoint) readLoop(d stack.NetworkDispatcher) {
 			e.deliver(d, views[i])
 			fill(i)
 		}
-		if errors.Is(err, tun.ErrTooManySegments) {
+		if errors.Is(err, tundev.ErrTooManySegments) {
 			// A GSO super-packet split into more segments than one batch
 			// holds; the kernel retransmits what was lost.
 			e.metrics.DroppedPackets.Add(1)
@@ -240,7 +244,7 @@ func (e *LinkEndpoint) readLoop(d stack.NetworkDispatcher) {
 
 // deliver hands one packet read from the device to the stack, or back to
 // the kernel; it takes ownership of v.
-func (e *LinkEndpoint) deliver(d stack.NetworkDispatcher, v *buffer.View) {
+func (e *linkEndpoint) deliver(d stack.NetworkDispatcher, v *buffer.View) {
 	pkt := v.AsSlice()
 	e.metrics.TUNRxPackets.Add(1)
 	e.metrics.TUNRxBytes.Add(uint64(len(pkt)))
@@ -372,7 +376,7 @@ func tcpToItself(ip header.IPv4) bool {
 }
 
 // write writes one packet to the device and counts it.
-func (e *LinkEndpoint) write(vnet tundev.VirtioNetHdr, pkt [][]byte) error {
+func (e *linkEndpoint) write(vnet tundev.VirtioNetHdr, pkt [][]byte) error {
 	if err := e.dev.WritePacket(vnet, pkt); err != nil {
 		e.metrics.TUNWriteErrors.Add(1)
 		return err
@@ -389,7 +393,7 @@ func (e *LinkEndpoint) write(vnet tundev.VirtioNetHdr, pkt [][]byte) error {
 // WritePackets implements stack.LinkEndpoint.WritePackets: each packet goes
 // to the device as the list of views it already is (writev), with a
 // virtio-net header built from its GSO options.
-func (e *LinkEndpoint) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error) {
+func (e *linkEndpoint) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error) {
 	n := 0
 	for _, pkt := range pkts.AsSlice() {
 		if err := e.acks.send(vnetHdr(pkt), pkt.AsSlices()); err != nil {

@@ -64,7 +64,7 @@ func tcpSegment() []byte {
 // packet buffer for the stack. B/op stays at a few hundred bytes (the
 // header copy and bookkeeping), not 64 KiB: the payload is not copied.
 func BenchmarkDeliver64K(b *testing.B) {
-	e := NewLinkEndpoint(newDiscardDevice(), new(Metrics))
+	e := newLinkEndpoint(newDiscardDevice(), new(Metrics))
 	d := &countingDispatcher{}
 	pkt := tcpSegment()
 	b.SetBytes(int64(len(pkt)))
@@ -84,7 +84,7 @@ func BenchmarkDeliver64K(b *testing.B) {
 // 64 KiB: the views are handed to writev, not flattened.
 func BenchmarkWritePackets64K(b *testing.B) {
 	dev := newDiscardDevice()
-	e := NewLinkEndpoint(dev, new(Metrics))
+	e := newLinkEndpoint(dev, new(Metrics))
 	payload := buffer.NewViewSize(65535 - header.IPv4MinimumSize - header.TCPMinimumSize)
 	b.SetBytes(65535)
 	b.ReportAllocs()

@@ -35,7 +35,7 @@ func FuzzInbound(f *testing.F) {
 		if len(pkt) > maxIPv4PacketSize {
 			return
 		}
-		s, err := New(Config{Device: newDiscardDevice(), DialTimeout: 10 * time.Millisecond})
+		s, err := New(Config{Device: newDiscardDevice(), dialTimeout: 10 * time.Millisecond})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -10,14 +10,20 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/transport/icmp"
 )
 
-// handleEcho answers ICMP echo requests to any address of 127/8. The NIC is
-// promiscuous, so each such address is a temporary one to gVisor, and its
+// echoResponder answers ICMP echo requests to any address of 127/8. The NIC
+// is promiscuous, so each such address is a temporary one to gVisor, and its
 // IPv4 code deliberately sends no echo reply for temporary addresses
-// (network/ipv4/icmp.go); as the per-stack default ICMP handler this sees
-// every echo request that reached the transport layer after gVisor checked
-// the IP header, options and ICMP checksum. It reports whether it took the
-// packet.
-func (r *relay) handleEcho(_ stack.TransportEndpointID, pkt *stack.PacketBuffer) bool {
+// (network/ipv4/icmp.go). It has nothing to do with relaying flows: an echo
+// request is answered in the stack, as lo's kernel answers it.
+type echoResponder struct {
+	gv      *stack.Stack
+	metrics *Metrics
+}
+
+// handle is the per-stack default ICMPv4 handler: it sees every echo
+// request that reached the transport layer after gVisor checked the IP
+// header, options and ICMP checksum. It reports whether it took the packet.
+func (e *echoResponder) handle(_ stack.TransportEndpointID, pkt *stack.PacketBuffer) bool {
 	icmpHdr := header.ICMPv4(pkt.TransportHeader().Slice())
 	if len(icmpHdr) < header.ICMPv4MinimumSize || icmpHdr.Type() != header.ICMPv4Echo {
 		return false
@@ -35,8 +41,8 @@ func (r *relay) handleEcho(_ stack.TransportEndpointID, pkt *stack.PacketBuffer)
 	h.SetChecksum(0)
 	h.SetChecksum(^checksum.Checksum(b, 0))
 
-	if r.writeICMP(local, remote, tos, reply) {
-		r.metrics.ICMPEchoReplies.Add(1)
+	if writeICMP(e.gv, e.metrics, local, remote, tos, reply) {
+		e.metrics.ICMPEchoReplies.Add(1)
 	}
 	return true
 }
@@ -65,16 +71,17 @@ func (r *relay) sendPortUnreachable(pkt *stack.PacketBuffer) {
 	h.SetCode(header.ICMPv4PortUnreachable)
 	copy(b[header.ICMPv4MinimumSize:], q)
 	h.SetChecksum(^checksum.Checksum(b, 0))
-	r.writeICMP(ip.DestinationAddress(), ip.SourceAddress(), 0, msg)
+	writeICMP(r.gv, r.metrics, ip.DestinationAddress(), ip.SourceAddress(), 0, msg)
 }
 
 // writeICMP sends the ICMP message msg (which it takes) from local to
-// remote through the TUN NIC; spoofing lets local be any 127/8 address.
-func (r *relay) writeICMP(local, remote tcpip.Address, tos uint8, msg *buffer.View) bool {
-	route, err := r.gv.FindRoute(TUNNIC, local, remote, ipv4.ProtocolNumber, false)
+// remote through gv's TUN NIC; spoofing lets local be any 127/8 address. A
+// message that cannot be sent is counted in m.DroppedPackets.
+func writeICMP(gv *stack.Stack, m *Metrics, local, remote tcpip.Address, tos uint8, msg *buffer.View) bool {
+	route, err := gv.FindRoute(tunNIC, local, remote, ipv4.ProtocolNumber, false)
 	if err != nil {
 		msg.Release()
-		r.metrics.DroppedPackets.Add(1)
+		m.DroppedPackets.Add(1)
 		return false
 	}
 	defer route.Release()
@@ -89,7 +96,7 @@ func (r *relay) writeICMP(local, remote tcpip.Address, tos uint8, msg *buffer.Vi
 		TTL:      route.DefaultTTL(),
 		TOS:      tos,
 	}, out); err != nil {
-		r.metrics.DroppedPackets.Add(1)
+		m.DroppedPackets.Add(1)
 		return false
 	}
 	return true

@@ -18,10 +18,6 @@ import (
 	"gvisor.dev/gvisor/pkg/waiter"
 )
 
-// relayBufSize is the copy buffer of one direction of a relayed flow: large
-// enough for the biggest datagram, and for TCP a few segments per copy.
-const relayBufSize = 256 << 10
-
 // udpRcvBuf is the receive buffer of each UDP endpoint of a relayed flow.
 // gVisor's default (about 200 KiB) drops bursts of large datagrams that the
 // kernel's lo would still have room for at its wider defaults.
@@ -54,10 +50,12 @@ type relay struct {
 	// under cfg.MaxFlows by admit and release.
 	flowCount atomic.Int64
 
-	// mu guards flows and closed.
 	mu sync.Mutex
 	// flows are the live flows, so close can end them.
-	flows  map[flow]struct{}
+	// +checklocks:mu
+	flows map[flow]struct{}
+	// closed is set by close; no flow is tracked after it.
+	// +checklocks:mu
 	closed bool
 	// closing is closed by close, to stop connects being dialed.
 	closing chan struct{}
@@ -71,7 +69,7 @@ type flow interface {
 
 func newRelay(gv *stack.Stack, cfg Config) *relay {
 	r := &relay{gv: gv, cfg: cfg, metrics: cfg.Metrics, log: cfg.Logger, flows: make(map[flow]struct{}), closing: make(chan struct{})}
-	r.bufs.New = func() any { b := make([]byte, relayBufSize); return &b }
+	r.bufs.New = func() any { b := make([]byte, relayBufferSize); return &b }
 	return r
 }
 
@@ -210,7 +208,7 @@ func (r *relay) newMirrorEndpoint(proto tcpip.TransportProtocolNumber, client tc
 	}
 	ep.SocketOptions().SetReuseAddress(true)
 	ep.SocketOptions().SetReusePort(true)
-	client.NIC = TUNNIC
+	client.NIC = tunNIC
 	if err := ep.Bind(client); err != nil {
 		ep.Close()
 		return conn{}, err
@@ -238,7 +236,7 @@ func (f *tcpFlow) abort() {
 func (r *relay) handleTCP(req *tcp.ForwarderRequest) {
 	id := req.ID()
 	client := tcpip.FullAddress{Addr: id.RemoteAddress, Port: id.RemotePort}
-	server := tcpip.FullAddress{NIC: TUNNIC, Addr: id.LocalAddress, Port: id.LocalPort}
+	server := tcpip.FullAddress{NIC: tunNIC, Addr: id.LocalAddress, Port: id.LocalPort}
 	if !r.enter() {
 		req.Complete(true)
 		return
@@ -317,7 +315,7 @@ func (r *relay) dialTCP(client, server tcpip.FullAddress) (conn, tcpip.Error) {
 	defer stop()
 	err = c.ep.Connect(server)
 	if _, ok := err.(*tcpip.ErrConnectStarted); ok {
-		timer := time.NewTimer(r.cfg.DialTimeout)
+		timer := time.NewTimer(r.cfg.dialTimeout)
 		select {
 		case <-ready:
 			err = c.ep.LastError()
@@ -349,7 +347,7 @@ func (r *relay) retireTimeWait(client, server tcpip.FullAddress) {
 		LocalAddress: client.Addr, LocalPort: client.Port,
 		RemoteAddress: server.Addr, RemotePort: server.Port,
 	}
-	ep, ok := r.gv.FindTransportEndpoint(ipv4.ProtocolNumber, tcp.ProtocolNumber, id, TUNNIC).(*tcp.Endpoint)
+	ep, ok := r.gv.FindTransportEndpoint(ipv4.ProtocolNumber, tcp.ProtocolNumber, id, tunNIC).(*tcp.Endpoint)
 	if ok && ep.EndpointState() == tcp.StateTimeWait {
 		// The RST this sends finds no kernel socket, or one in TIME-WAIT
 		// that the new connection replaces anyway.
@@ -413,12 +411,16 @@ func writeAll(dst conn, data []byte, rd *bytes.Reader, writable <-chan struct{})
 // udpFlow is a relayed UDP flow; it ends after cfg.UDPIdleTimeout without a
 // datagram in either direction.
 type udpFlow struct {
-	a, b     conn
-	lastSeen time.Time
-	// mu guards lastSeen and ended.
-	mu    sync.Mutex
-	ended bool
+	a, b  conn
 	timer *time.Timer
+
+	mu sync.Mutex
+	// lastSeen is when a datagram last crossed, either way.
+	// +checklocks:mu
+	lastSeen time.Time
+	// ended is set by the first end.
+	// +checklocks:mu
+	ended bool
 }
 
 func (f *udpFlow) touch() {
@@ -468,7 +470,7 @@ func (r *relay) handleUDPPacket(id stack.TransportEndpointID, pkt *stack.PacketB
 func (r *relay) handleUDP(req *udp.ForwarderRequest) bool {
 	id := req.ID()
 	client := tcpip.FullAddress{Addr: id.RemoteAddress, Port: id.RemotePort}
-	server := tcpip.FullAddress{NIC: TUNNIC, Addr: id.LocalAddress, Port: id.LocalPort}
+	server := tcpip.FullAddress{NIC: tunNIC, Addr: id.LocalAddress, Port: id.LocalPort}
 	self := client.Addr == server.Addr && client.Port == server.Port
 
 	var b conn

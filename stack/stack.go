@@ -25,20 +25,31 @@ import (
 )
 
 const (
-	// TUNNIC is the stack's NIC for the TUN device.
-	TUNNIC tcpip.NICID = 1
-	// LoopbackNIC is the stack's own loopback NIC, which holds ::1 for
+	// tunNIC is the stack's NIC for the TUN device.
+	tunNIC tcpip.NICID = 1
+	// loopbackNIC is the stack's own loopback NIC, which holds ::1 for
 	// endpoints that live inside the stack.
-	LoopbackNIC tcpip.NICID = 2
+	loopbackNIC tcpip.NICID = 2
 )
 
-// Buffer sizes of every TCP endpoint in the stack. A relayed connection has
-// two endpoints, and per direction holds at most one receive buffer, one
-// send buffer and one relay copy buffer: with these values at most
-// 2 * (4 MiB + 4 MiB + 64 KiB) per connection, whatever the peers do.
+// What a relayed flow can hold in memory, whatever its peers do. These are
+// the one source of the figures in docs/architecture.md ("Memory bound per
+// connection") and of the bound the integration test of backpressure checks.
 const (
+	// tcpBufferMax is the largest receive or send buffer of a TCP endpoint
+	// in the stack; auto-tuning grows them from 1 MiB up to it.
+	tcpBufferMax = 4 << 20
+	// relayBufferSize is the copy buffer of one direction of a relayed flow:
+	// large enough for the biggest datagram, and for TCP a few segments per
+	// copy (64 KiB cost more CPU per byte: docs/performance.md).
+	relayBufferSize = 256 << 10
+	// TCPBytesPerDirection is the most one direction of a relayed TCP
+	// connection holds in the stack: the receive buffer of the endpoint
+	// that receives, the relay's copy buffer, and the send buffer of the
+	// endpoint that sends. A connection holds at most twice this.
+	TCPBytesPerDirection = tcpBufferMax + relayBufferSize + tcpBufferMax
+
 	tcpBufferDefault = 1 << 20
-	tcpBufferMax     = 4 << 20
 )
 
 // Config configures a Stack.
@@ -52,14 +63,6 @@ type Config struct {
 	// UDPIdleTimeout closes a UDP flow after no datagram in either
 	// direction for this long. Zero means DefaultUDPIdleTimeout.
 	UDPIdleTimeout time.Duration
-	// DialTimeout bounds how long a relayed TCP connect waits for the
-	// kernel's listener to answer before the client gets a RST. Zero means
-	// DefaultDialTimeout.
-	DialTimeout time.Duration
-	// MaxInFlight is how many TCP connects may be dialing at once; SYNs
-	// past it are dropped (the client retransmits). Zero means
-	// DefaultMaxInFlight.
-	MaxInFlight int
 	// DisableGSO makes the stack send every TCP segment at the MTU with a
 	// full checksum, instead of handing GSO super-packets with partial
 	// checksums to the kernel. For devices created without offloads.
@@ -70,20 +73,31 @@ type Config struct {
 	// once, counted in Metrics.FlowsRejected; existing flows are untouched.
 	// Zero means DefaultMaxFlows.
 	MaxFlows int
+
+	// dialTimeout bounds how long a relayed TCP connect waits for the
+	// kernel's listener to answer before the client gets a RST. Zero means
+	// defaultDialTimeout; tests shorten it.
+	dialTimeout time.Duration
 }
 
 // Defaults for Config.
 const (
 	DefaultUDPIdleTimeout = 60 * time.Second
-	DefaultDialTimeout    = 20 * time.Second
-	DefaultMaxInFlight    = 1024
 	DefaultMaxFlows       = 16384
+)
+
+const (
+	defaultDialTimeout = 20 * time.Second
+	// maxInFlight is how many TCP connects may be dialing at once; SYNs
+	// past it are dropped (the client retransmits). Too low a limit stalls
+	// every connect during a burst of them.
+	maxInFlight = 1024
 )
 
 // Stack is a running gVisor stack on a TUN device.
 type Stack struct {
 	gv      *stack.Stack
-	link    *LinkEndpoint
+	link    *linkEndpoint
 	metrics *Metrics
 	relay   *relay
 }
@@ -99,11 +113,8 @@ func New(cfg Config) (*Stack, error) {
 	if cfg.UDPIdleTimeout == 0 {
 		cfg.UDPIdleTimeout = DefaultUDPIdleTimeout
 	}
-	if cfg.DialTimeout == 0 {
-		cfg.DialTimeout = DefaultDialTimeout
-	}
-	if cfg.MaxInFlight == 0 {
-		cfg.MaxInFlight = DefaultMaxInFlight
+	if cfg.dialTimeout == 0 {
+		cfg.dialTimeout = defaultDialTimeout
 	}
 	if cfg.MaxFlows == 0 {
 		cfg.MaxFlows = DefaultMaxFlows
@@ -136,25 +147,25 @@ func New(cfg Config) (*Stack, error) {
 		return fail("setting TCP options", err)
 	}
 
-	s.link = NewLinkEndpoint(cfg.Device, cfg.Metrics)
+	s.link = newLinkEndpoint(cfg.Device, cfg.Metrics)
 	s.link.gso = !cfg.DisableGSO
-	if err := gv.CreateNICWithOptions(TUNNIC, s.link, stack.NICOptions{Name: cfg.Device.Name()}); err != nil {
+	if err := gv.CreateNICWithOptions(tunNIC, s.link, stack.NICOptions{Name: cfg.Device.Name()}); err != nil {
 		return fail("creating TUN NIC", err)
 	}
 	// Promiscuous: accept packets to any 127/8 address without assigning
 	// 16 million addresses. Spoofing: send (and bind) from any address, so
 	// the relay can dial the kernel from the client's own address and port.
-	if err := gv.SetPromiscuousMode(TUNNIC, true); err != nil {
+	if err := gv.SetPromiscuousMode(tunNIC, true); err != nil {
 		return fail("enabling promiscuous mode", err)
 	}
-	if err := gv.SetSpoofing(TUNNIC, true); err != nil {
+	if err := gv.SetSpoofing(tunNIC, true); err != nil {
 		return fail("enabling spoofing", err)
 	}
 
-	if err := gv.CreateNICWithOptions(LoopbackNIC, loopback.New(), stack.NICOptions{Name: "lo"}); err != nil {
+	if err := gv.CreateNICWithOptions(loopbackNIC, loopback.New(), stack.NICOptions{Name: "lo"}); err != nil {
 		return fail("creating loopback NIC", err)
 	}
-	if err := gv.AddProtocolAddress(LoopbackNIC, tcpip.ProtocolAddress{
+	if err := gv.AddProtocolAddress(loopbackNIC, tcpip.ProtocolAddress{
 		Protocol:          ipv6.ProtocolNumber,
 		AddressWithPrefix: tcpip.AddressWithPrefix{Address: header.IPv6Loopback, PrefixLen: 128},
 	}, stack.AddressProperties{}); err != nil {
@@ -164,14 +175,14 @@ func New(cfg Config) (*Stack, error) {
 	v4, _ := tcpip.NewSubnet(tcpip.AddrFrom4([4]byte{127, 0, 0, 0}), tcpip.MaskFromBytes([]byte{255, 0, 0, 0}))
 	v6, _ := tcpip.NewSubnet(header.IPv6Loopback, tcpip.MaskFromBytes(bytes.Repeat([]byte{0xff}, 16)))
 	gv.SetRouteTable([]tcpip.Route{
-		{Destination: v4, NIC: TUNNIC},
-		{Destination: v6, NIC: LoopbackNIC},
+		{Destination: v4, NIC: tunNIC},
+		{Destination: v6, NIC: loopbackNIC},
 	})
 
 	s.relay = newRelay(gv, cfg)
-	gv.SetTransportProtocolHandler(tcp.ProtocolNumber, tcp.NewForwarder(gv, 0, cfg.MaxInFlight, s.relay.handleTCP).HandlePacket)
+	gv.SetTransportProtocolHandler(tcp.ProtocolNumber, tcp.NewForwarder(gv, 0, maxInFlight, s.relay.handleTCP).HandlePacket)
 	gv.SetTransportProtocolHandler(udp.ProtocolNumber, s.relay.handleUDPPacket)
-	gv.SetTransportProtocolHandler(icmp.ProtocolNumber4, s.relay.handleEcho)
+	gv.SetTransportProtocolHandler(icmp.ProtocolNumber4, (&echoResponder{gv: gv, metrics: cfg.Metrics}).handle)
 	return s, nil
 }
 
@@ -195,10 +206,6 @@ func setTCPOptions(gv *stack.Stack) tcpip.Error {
 	}
 	return nil
 }
-
-// GVisor returns the underlying gVisor stack, for endpoints that live in the
-// stack itself (such as tests over [::1]).
-func (s *Stack) GVisor() *stack.Stack { return s.gv }
 
 // Metrics returns the stack's counters.
 func (s *Stack) Metrics() *Metrics { return s.metrics }

@@ -3,7 +3,10 @@
 //
 // It wraps wireguard-go's tun package, opened with IFF_VNET_HDR and TCP
 // offloads (TSO, checksum offload), so one Read can return a batch of packets
-// split from a GSO super-packet and one Write can coalesce TCP segments (GRO).
+// split from a GSO super-packet. Writes do not go through wireguard-go (whose
+// Write coalesces TCP segments, GRO): WritePacket hands each packet to
+// writev(2) as the list of buffers it already is, with a virtio-net header
+// that lets the kernel do the segmenting and checksumming.
 package tundev
 
 import (
@@ -37,7 +40,8 @@ type Device interface {
 	// sets their lengths in sizes. len(bufs) and len(sizes) must be at least
 	// BatchSize(), and each buffer must hold offset+MTU() bytes. It returns
 	// the number of packets read. After Close it returns an error wrapping
-	// os.ErrClosed.
+	// os.ErrClosed. ErrTooManySegments is not fatal: the n packets read are
+	// valid and the next Read works.
 	Read(bufs [][]byte, sizes []int, offset int) (n int, err error)
 	// WritePacket writes one packet, the concatenation of pkt, preceded by
 	// vnet, which tells the kernel what it still has to do to the packet
@@ -56,8 +60,15 @@ type Device interface {
 	Close() error
 }
 
-// ErrExists is returned by Create when an interface of that name exists.
-var ErrExists = errors.New("device already exists")
+var (
+	// ErrExists is returned by Create when an interface of that name exists.
+	ErrExists = errors.New("device already exists")
+	// ErrTooManySegments is returned by Read when a GSO super-packet splits
+	// into more packets than the buffers hold: the packets returned are
+	// valid, the rest of that super-packet is lost (TCP retransmits it), and
+	// reading goes on.
+	ErrTooManySegments = errors.New("GSO packet split into more segments than one batch holds")
+)
 
 // VirtioNetHdr is struct virtio_net_hdr (linux/virtio_net.h): how a packet
 // written to the device is to be checksummed and segmented. The zero value

@@ -77,6 +77,15 @@ func Create(name string, mtu int, offload bool) (Device, error) {
 	return d, nil
 }
 
+// Read implements Device.Read, through wireguard-go.
+func (d *kernelDevice) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
+	n, err := d.Device.Read(bufs, sizes, offset)
+	if errors.Is(err, tun.ErrTooManySegments) {
+		err = ErrTooManySegments
+	}
+	return n, err
+}
+
 // MTU implements Device.MTU.
 func (d *kernelDevice) MTU() int { return d.mtu }
 

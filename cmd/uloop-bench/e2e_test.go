@@ -1,3 +1,5 @@
+//go:build linux
+
 package main
 
 // Root tests: the harness end to end, built from this tree, with real

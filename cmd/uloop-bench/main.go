@@ -1,3 +1,5 @@
+//go:build linux
+
 // Command uloop-bench measures uloop against the kernel's own loopback on
 // the same machine in the same run.
 //

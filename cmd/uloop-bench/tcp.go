@@ -1,3 +1,5 @@
+//go:build linux
+
 package main
 
 // The TCP latency and connection-rate cases: a Go echo server and client,

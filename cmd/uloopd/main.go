@@ -1,3 +1,5 @@
+//go:build linux
+
 // Command uloopd is uloop's daemon: it takes over the IPv4 loopback block
 // (127.0.0.0/8, or part of it) of the network namespace it runs in and
 // carries every packet through a userspace TCP/IP stack.
@@ -182,7 +184,7 @@ func serve(o options, rcfg route.Config, log *slog.Logger) (err error) {
 
 	go serveControl(ctl, st, log)
 
-	if err := probe(rcfg.Prefix, metrics); err != nil {
+	if err := probe(rcfg.Source(), metrics); err != nil {
 		return fmt.Errorf("data path does not answer: %w", err)
 	}
 	if err := dropCapabilities(); errors.Is(err, errCapsNeedNoCgo) {

@@ -1,3 +1,5 @@
+//go:build linux
+
 package main
 
 import (
@@ -11,11 +13,12 @@ import (
 )
 
 // probe proves the data path answers: it connects a kernel socket to a
-// kernel listener on the first address of the prefix and checks that the
-// stack relayed the connection, so "ready" means packets cross the TUN, the
-// stack and the relay, not merely that setup calls returned.
-func probe(prefix netip.Prefix, m *stack.Metrics) error {
-	addr := prefix.Addr().Next()
+// kernel listener on addr (route.Config.Source: the address the takeover's
+// route gives unbound sockets, so the connection runs from addr to addr
+// through the TUN) and checks that the stack relayed the connection, so
+// "ready" means packets cross the TUN, the stack and the relay, not merely
+// that setup calls returned.
+func probe(addr netip.Addr, m *stack.Metrics) error {
 	ln, err := net.Listen("tcp4", netip.AddrPortFrom(addr, 0).String())
 	if err != nil {
 		return fmt.Errorf("probe listener: %w", err)
