@@ -10,16 +10,17 @@ import (
 	"testing"
 	"time"
 
+	"github.com/uloop/uloop/control"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 )
 
-// stackDrops names one reason of uloop_stack_dropped_packets_total; the bare
-// metric name (any reason) is the sum over all of them.
-func stackDrops(reason string) string {
+// stackDrops names the series of uloop_stack_dropped_packets_total for one
+// reason (metric name, label pairs), or all of them for "".
+func stackDrops(reason string) []string {
 	if reason == "" {
-		return "uloop_stack_dropped_packets_total"
+		return []string{"uloop_stack_dropped_packets_total"}
 	}
-	return `uloop_stack_dropped_packets_total{reason="` + reason + `"}`
+	return []string{"uloop_stack_dropped_packets_total", "reason", reason}
 }
 
 // quietFor is how long a test waits to be sure a packet was not delivered:
@@ -38,23 +39,18 @@ func requireNothingRead(t *testing.T, c net.Conn, what string) {
 	}
 }
 
-// requireCounted fails the test (not fatally) unless series grows past its
-// value in before within 5 s: a drop that is not counted is invisible to
-// whoever runs the daemon.
-func requireCounted(t *testing.T, ns *netNS, before map[string]float64, series string) {
+// requireCounted fails the test (not fatally) unless series (as stackDrops
+// gives it) grows past its value in before within 5 s: a drop that is not
+// counted is invisible to whoever runs the daemon.
+func requireCounted(t *testing.T, ns *netNS, before control.Metrics, series []string) {
 	t.Helper()
-	b := metricValue(t, before, series)
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		a := metricValue(t, metrics(t, ns), series)
-		if a > b {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Errorf("%s: got %v, want > %v: the packet was dropped (nothing was delivered) but not counted", series, a, b)
-			return
-		}
-		time.Sleep(50 * time.Millisecond)
+	b := metricValue(t, before, series[0], series[1:]...)
+	err := waitFor(5*time.Second, func() (bool, string) {
+		a := metricValue(t, metrics(t, ns), series[0], series[1:]...)
+		return a > b, fmt.Sprintf("%v: got %v, want > %v", series, a, b)
+	})
+	if err != nil {
+		t.Errorf("%v: the packet was dropped (nothing was delivered) but not counted", err)
 	}
 }
 
@@ -178,13 +174,13 @@ func TestCraftedPackets(t *testing.T) {
 		for _, tc := range []struct {
 			name string
 			// counter must grow by at least 1: a series of
-			// uloop_stack_dropped_packets_total, or "" where gVisor keeps
+			// uloop_stack_dropped_packets_total, or nil where gVisor keeps
 			// no count for the drop (the test then relies on what the
 			// programs see, and on the control case).
-			counter string
+			counter []string
 			run     func(t *testing.T)
 		}{
-			{"control-in-window-data-is-delivered", "", func(t *testing.T) {
+			{"control-in-window-data-is-delivered", nil, func(t *testing.T) {
 				// Proves the injection below can work: the same segment
 				// with the right sequence number and checksum is taken as
 				// the client's own data.
@@ -210,7 +206,7 @@ func TestCraftedPackets(t *testing.T) {
 				requireNothingRead(t, in.s, "after a segment whose header is longer than it")
 				in.requireAlive(t)
 			}},
-			{"tcp-data-outside-window", "", func(t *testing.T) {
+			{"tcp-data-outside-window", nil, func(t *testing.T) {
 				in := newInjection(t, e.ns, raw)
 				raw.send(t, tcpPacket(in.toServer(t, outsideWindow, header.TCPFlagAck|header.TCPFlagPsh, []byte("EVIL"))))
 				raw.send(t, tcpPacket(in.toClient(t, outsideWindow, header.TCPFlagAck|header.TCPFlagPsh, []byte("EVIL"))))
@@ -218,14 +214,14 @@ func TestCraftedPackets(t *testing.T) {
 				requireNothingRead(t, in.c, "after data outside the window, server -> client")
 				in.requireAlive(t)
 			}},
-			{"tcp-rst-outside-window", "", func(t *testing.T) {
+			{"tcp-rst-outside-window", nil, func(t *testing.T) {
 				// RFC 5961 section 3.2: a RST outside the window is dropped.
 				in := newInjection(t, e.ns, raw)
 				raw.send(t, tcpPacket(in.toServer(t, outsideWindow, header.TCPFlagRst, nil)))
 				raw.send(t, tcpPacket(in.toClient(t, outsideWindow, header.TCPFlagRst, nil)))
 				in.requireAlive(t)
 			}},
-			{"tcp-rst-in-window-not-exact", "", func(t *testing.T) {
+			{"tcp-rst-in-window-not-exact", nil, func(t *testing.T) {
 				// RFC 5961 section 3.2: a RST inside the window that is not
 				// exactly rcv_nxt gets a challenge ACK, not a reset.
 				in := newInjection(t, e.ns, raw)
@@ -233,7 +229,7 @@ func TestCraftedPackets(t *testing.T) {
 				raw.send(t, tcpPacket(in.toClient(t, 1000, header.TCPFlagRst, nil)))
 				in.requireAlive(t)
 			}},
-			{"tcp-syn-on-established", "", func(t *testing.T) {
+			{"tcp-syn-on-established", nil, func(t *testing.T) {
 				// RFC 5961 section 4: a SYN on an established connection
 				// gets a challenge ACK.
 				in := newInjection(t, e.ns, raw)
@@ -300,12 +296,12 @@ func TestCraftedPackets(t *testing.T) {
 				pkt[header.IPv4MinimumSize+2] ^= 0x5a // ICMP checksum
 				raw.send(t, pkt)
 			}},
-			{"syn-flood-3000", "", func(t *testing.T) { testSYNFlood(t, e, raw, echo.Addr().String(), 3000) }},
+			{"syn-flood-3000", nil, func(t *testing.T) { testSYNFlood(t, e, raw, echo.Addr().String(), 3000) }},
 		} {
 			t.Run(tc.name, func(t *testing.T) {
 				before := metrics(t, e.ns)
 				tc.run(t)
-				if tc.counter != "" {
+				if tc.counter != nil {
 					requireCounted(t, e.ns, before, tc.counter)
 				}
 				e.d.requireRunning(t)
@@ -360,8 +356,8 @@ func testSYNFlood(t *testing.T, e *env, raw *rawSender, addr string, n int) {
 	})
 	after := metrics(t, e.ns)
 	var deltas []string
-	for _, name := range []string{"uloop_tcp_connections_total", "uloop_tcp_refused_total", stackDrops("tcp_syn_backlog"), "uloop_flows_rejected_total"} {
-		deltas = append(deltas, fmt.Sprintf("%s +%v", name, metricValue(t, after, name)-metricValue(t, before, name)))
+	for _, series := range [][]string{{"uloop_tcp_connections_total"}, {"uloop_tcp_refused_total"}, stackDrops("tcp_syn_backlog"), {"uloop_flows_rejected_total"}} {
+		deltas = append(deltas, fmt.Sprintf("%v +%v", series, metricValue(t, after, series[0], series[1:]...)-metricValue(t, before, series[0], series[1:]...)))
 	}
 	t.Logf("flood over after %v: %v", time.Since(start).Round(time.Millisecond), deltas)
 }
