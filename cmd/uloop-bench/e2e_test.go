@@ -16,10 +16,11 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/uloop/uloop/netns"
 )
 
 // buildBench builds uloopd and uloop-bench side by side into a temporary
@@ -56,31 +57,13 @@ func buildBench(t *testing.T) (dir string) {
 	return dir
 }
 
-// syncBuffer collects a command's output while the test reads it.
-type syncBuffer struct {
-	mu  sync.Mutex // mu guards buf
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 func TestQuickRunEndToEnd(t *testing.T) {
 	dir := buildBench(t)
 	out := filepath.Join(dir, "out")
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, filepath.Join(dir, "uloop-bench"), "--quick", "--out", out)
-	var stdout, stderr syncBuffer
+	var stdout, stderr netns.Output
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	err := cmd.Run()
 	t.Logf("stderr:\n%s", stderr.String())
@@ -139,8 +122,8 @@ func TestQuickRunEndToEnd(t *testing.T) {
 					t.Errorf("case %s, %s run %d: %s is %v (present: %v), want a positive figure", c.Name, r.Side, r.Rep, mt.Key, v, ok)
 				}
 			}
-			if r.Side == "uloop" && (r.DaemonCPUSeconds == nil || *r.DaemonCPUSeconds < 0) {
-				t.Errorf("case %s, uloop run %d: uloopd CPU seconds %v, want a figure", c.Name, r.Rep, r.DaemonCPUSeconds)
+			if r.Side == "uloop" && (r.DaemonCPUSeconds == nil || *r.DaemonCPUSeconds < 0 || r.DaemonTUNPackets == nil || *r.DaemonTUNPackets <= 0) {
+				t.Errorf("case %s, uloop run %d: uloopd CPU seconds %v, packets from ulo0 %v; want a figure and a positive count", c.Name, r.Rep, r.DaemonCPUSeconds, r.DaemonTUNPackets)
 			}
 		}
 		for _, r := range c.Runs {
@@ -215,7 +198,7 @@ func TestInterrupt(t *testing.T) {
 	for _, sig := range []syscall.Signal{syscall.SIGINT, syscall.SIGTERM} {
 		t.Run(sig.String(), func(t *testing.T) {
 			cmd := exec.Command(filepath.Join(dir, "uloop-bench"), "--quick", "--out", filepath.Join(dir, "out-"+sig.String()))
-			var stdout, stderr syncBuffer
+			var stdout, stderr netns.Output
 			cmd.Stdout, cmd.Stderr = &stdout, &stderr
 			if err := cmd.Start(); err != nil {
 				t.Fatal(err)

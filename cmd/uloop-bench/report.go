@@ -99,6 +99,9 @@ type runRecord struct {
 	WallSeconds      float64            `json:"wall_seconds"`
 	Values           map[string]float64 `json:"values,omitempty"`
 	DaemonCPUSeconds *float64           `json:"uloopd_cpu_seconds,omitempty"`
+	// DaemonTUNPackets is what uloopd read from ulo0 during the run
+	// (uloop_tun_rx_packets_total); a uloop run without any failed.
+	DaemonTUNPackets *float64 `json:"uloopd_tun_rx_packets,omitempty"`
 	// Raw is what the tool reported beyond Values: iperf3's "end"
 	// object, the ping or Go client's counts and percentiles.
 	Raw     any    `json:"raw,omitempty"`
