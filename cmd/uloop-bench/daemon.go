@@ -1,28 +1,21 @@
 package main
 
 import (
-	"bytes"
 	"context"
-	"errors"
 	"fmt"
-	"os"
 	"os/exec"
 	"regexp"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/prometheus/procfs"
 	"github.com/uloop/uloop/netns"
 )
 
 const (
 	daemonReadyTimeout = 15 * time.Second
 	daemonStopTimeout  = 15 * time.Second
-	// userHZ is the unit of utime and stime in /proc/PID/stat: USER_HZ,
-	// which the kernel fixes at 100 for userspace on every architecture
-	// uloop builds for (sysconf(_SC_CLK_TCK) needs cgo to ask).
-	userHZ = 100
 )
 
 // readyRE matches uloopd's `ready` log line but not words like "already".
@@ -81,58 +74,29 @@ func (d *daemon) exitErr() error {
 	return fmt.Errorf("uloopd: %v; its log:\n%s", d.p.Wait(), d.log.Tail(20))
 }
 
-// procCPU returns the user plus system CPU time that process pid has used,
-// from fields 14 and 15 (utime, stime) of /proc/PID/stat, in clock ticks of
-// 1/userHZ s.
+// procCPU returns the user plus system CPU time that process pid has used.
 func procCPU(pid int) (time.Duration, error) {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	p, err := procfs.NewProc(pid)
 	if err != nil {
 		return 0, err
 	}
-	return parseStatCPU(b)
+	st, err := p.Stat()
+	if err != nil {
+		return 0, err
+	}
+	return time.Duration(st.CPUTime() * float64(time.Second)), nil
 }
 
-func parseStatCPU(b []byte) (time.Duration, error) {
-	// The command name, field 2, is in parentheses and may itself hold
-	// spaces and parentheses: count fields from the last ')'.
-	i := bytes.LastIndexByte(b, ')')
-	if i < 0 {
-		return 0, fmt.Errorf("malformed /proc/PID/stat: %q", b)
-	}
-	f := strings.Fields(string(b[i+1:]))
-	// f[0] is field 3 (state), so utime (14) is f[11] and stime (15) f[12].
-	if len(f) < 13 {
-		return 0, fmt.Errorf("malformed /proc/PID/stat: %q", b)
-	}
-	ut, err1 := strconv.ParseUint(f[11], 10, 64)
-	st, err2 := strconv.ParseUint(f[12], 10, 64)
-	if err := errors.Join(err1, err2); err != nil {
-		return 0, fmt.Errorf("malformed /proc/PID/stat: %w", err)
-	}
-	return time.Duration(ut+st) * time.Second / userHZ, nil
-}
-
-// procPeakRSS returns VmHWM from /proc/PID/status: the most resident memory
-// process pid has had, in KiB.
+// procPeakRSS returns VmHWM: the most resident memory process pid has had,
+// in KiB.
 func procPeakRSS(pid int) (int64, error) {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+	p, err := procfs.NewProc(pid)
 	if err != nil {
 		return 0, err
 	}
-	return parseStatusKiB(b, "VmHWM")
-}
-
-func parseStatusKiB(b []byte, key string) (int64, error) {
-	for line := range strings.SplitSeq(string(b), "\n") {
-		k, v, ok := strings.Cut(line, ":")
-		if !ok || k != key {
-			continue
-		}
-		f := strings.Fields(v)
-		if len(f) != 2 || f[1] != "kB" {
-			return 0, fmt.Errorf("malformed %s line %q", key, line)
-		}
-		return strconv.ParseInt(f[0], 10, 64)
+	st, err := p.NewStatus()
+	if err != nil {
+		return 0, err
 	}
-	return 0, fmt.Errorf("no %s in /proc/PID/status", key)
+	return int64(st.VmHWM / 1024), nil
 }

@@ -5,7 +5,6 @@ package main
 // cleanup, never a speed.
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -14,12 +13,12 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/prometheus/procfs"
 	"github.com/uloop/uloop/netns"
 )
 
@@ -223,11 +222,11 @@ func TestInterrupt(t *testing.T) {
 			time.Sleep(300 * time.Millisecond) // into the iperf3 run
 			var inside []procID
 			for _, side := range []string{"kernel", "uloop"} {
-				var st syscall.Stat_t
-				if err := syscall.Stat(fmt.Sprintf("/run/netns/ulb-%d-%s", pid, side), &st); err != nil {
+				ids, err := procsInNetns(fmt.Sprintf("ulb-%d-%s", pid, side))
+				if err != nil {
 					t.Fatalf("namespace of side %s: %v", side, err)
 				}
-				inside = append(inside, procsInNetns(st.Ino)...)
+				inside = append(inside, ids...)
 			}
 			// uloopd, and iperf3's server and client.
 			if len(inside) < 3 {
@@ -261,42 +260,39 @@ func TestInterrupt(t *testing.T) {
 // procID names a process across PID reuse.
 type procID struct {
 	pid   int
-	start string // field 22 of /proc/PID/stat, the start time
+	start uint64 // in clock ticks after boot
 	comm  string
 }
 
-func readProcID(pid int) (procID, bool) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+// readProcID identifies pid; ok is false if it has exited (a zombie has:
+// it runs nothing).
+func readProcID(pid int) (id procID, ok bool) {
+	p, err := procfs.NewProc(pid)
 	if err != nil {
-		return procID{}, false
+		return id, false
 	}
-	i := bytes.LastIndexByte(b, ')')
-	j := bytes.IndexByte(b, '(')
-	f := strings.Fields(string(b[i+1:]))
-	if i < 0 || j < 0 || len(f) < 20 {
-		return procID{}, false
+	st, err := p.Stat()
+	if err != nil || st.State == "Z" {
+		return id, false
 	}
-	return procID{pid: pid, start: f[19], comm: string(b[j+1 : i])}, true
+	return procID{pid: pid, start: st.Starttime, comm: st.Comm}, true
 }
 
-// procsInNetns lists the processes in the network namespace with inode ino.
-func procsInNetns(ino uint64) []procID {
+// procsInNetns lists the processes in the named network namespace.
+func procsInNetns(name string) ([]procID, error) {
+	n, err := netns.Open(name)
+	if err != nil {
+		return nil, err
+	}
+	defer n.Close()
+	pids, err := n.Pids()
 	var ids []procID
-	ents, _ := os.ReadDir("/proc")
-	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		var st syscall.Stat_t
-		if syscall.Stat(fmt.Sprintf("/proc/%d/ns/net", pid), &st) != nil || st.Ino != ino {
-			continue
-		}
+	for _, pid := range pids {
 		if id, ok := readProcID(pid); ok {
 			ids = append(ids, id)
 		}
 	}
-	return ids
+	return ids, err
 }
 
 // checkGone fails the test if a namespace of harness pid is still listed, if
@@ -322,15 +318,8 @@ func checkGone(t *testing.T, dir string, pid int, procs []procID) {
 		}
 	}
 	for _, id := range procs {
-		// A zombie is gone for this purpose; a reaped one is gone.
-		if now, ok := readProcID(id.pid); ok && now.start == id.start && !isZombie(id.pid) {
+		if now, ok := readProcID(id.pid); ok && now.start == id.start {
 			t.Errorf("process %d (%s) survived the run", id.pid, id.comm)
 		}
 	}
-}
-
-func isZombie(pid int) bool {
-	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	i := bytes.LastIndexByte(b, ')')
-	return i >= 0 && bytes.HasPrefix(b[i+1:], []byte(" Z"))
 }

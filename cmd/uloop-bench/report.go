@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"debug/buildinfo"
 	"encoding/json"
@@ -14,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/prometheus/procfs"
 	"golang.org/x/sys/unix"
 )
 
@@ -348,16 +348,18 @@ func machineInfo() machine {
 	m := machine{
 		CPUs:          runtime.NumCPU(),
 		GoVersion:     runtime.Version(),
-		CPUModel:      procField("/proc/cpuinfo", "model name"),
+		CPUModel:      "unknown CPU",
 		Iperf3Version: firstOutputLine("iperf3", "--version"),
 		PingVersion:   firstOutputLine("ping", "-V"),
 		LoadAvgStart:  loadAvg(),
 	}
-	if m.CPUModel == "" {
-		m.CPUModel = "unknown CPU"
-	}
-	if kib, err := parseStatusKiB([]byte(readFile("/proc/meminfo")), "MemTotal"); err == nil {
-		m.MemTotalKiB = kib
+	if fs, err := procfs.NewDefaultFS(); err == nil {
+		if cpus, err := fs.CPUInfo(); err == nil && len(cpus) > 0 && cpus[0].ModelName != "" {
+			m.CPUModel = cpus[0].ModelName
+		}
+		if mem, err := fs.Meminfo(); err == nil && mem.MemTotal != nil {
+			m.MemTotalKiB = int64(*mem.MemTotal)
+		}
 	}
 	var u unix.Utsname
 	if unix.Uname(&u) == nil {
@@ -369,29 +371,17 @@ func machineInfo() machine {
 	return m
 }
 
-func readFile(path string) string {
-	b, _ := os.ReadFile(path)
-	return string(b)
-}
-
-// procField returns the value of the first "key : value" line in a /proc file.
-func procField(path, key string) string {
-	sc := bufio.NewScanner(strings.NewReader(readFile(path)))
-	for sc.Scan() {
-		k, v, ok := strings.Cut(sc.Text(), ":")
-		if ok && strings.TrimSpace(k) == key {
-			return strings.TrimSpace(v)
-		}
-	}
-	return ""
-}
-
+// loadAvg is the 1, 5 and 15 minute load averages, "" if unknown.
 func loadAvg() string {
-	f := strings.Fields(readFile("/proc/loadavg"))
-	if len(f) < 3 {
+	fs, err := procfs.NewDefaultFS()
+	if err != nil {
 		return ""
 	}
-	return strings.Join(f[:3], " ")
+	l, err := fs.LoadAvg()
+	if err != nil {
+		return ""
+	}
+	return fmt.Sprintf("%.2f %.2f %.2f", l.Load1, l.Load5, l.Load15)
 }
 
 func firstOutputLine(name string, args ...string) string {
