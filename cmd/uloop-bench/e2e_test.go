@@ -210,23 +210,32 @@ func TestInterrupt(t *testing.T) {
 			}()
 			pid := cmd.Process.Pid
 
-			// Wait for the first uloop run to start, then note the
-			// namespaces' identities to look for survivors later.
-			deadline := time.Now().Add(time.Minute)
-			for !strings.Contains(stderr.String(), "run 1/1  uloop  ...") {
-				if time.Now().After(deadline) {
-					t.Fatalf("no uloop run started within a minute; stderr:\n%s", stderr.String())
-				}
-				time.Sleep(20 * time.Millisecond)
-			}
-			time.Sleep(300 * time.Millisecond) // into the iperf3 run
+			// Wait until the first uloop run has iperf3's server and
+			// client running next to uloopd, noting the processes in
+			// both namespaces to look for survivors later.
 			var inside []procID
-			for _, side := range []string{"kernel", "uloop"} {
-				ids, err := procsInNetns(fmt.Sprintf("ulb-%d-%s", pid, side))
-				if err != nil {
-					t.Fatalf("namespace of side %s: %v", side, err)
+			err := netns.Poll(context.Background(), time.Minute, func() (bool, error) {
+				if !strings.Contains(stderr.String(), "run 1/1  uloop  ...") {
+					return false, nil
 				}
-				inside = append(inside, ids...)
+				inside = nil
+				for _, side := range []string{"kernel", "uloop"} {
+					ids, err := procsInNetns(fmt.Sprintf("ulb-%d-%s", pid, side))
+					if err != nil {
+						return false, err
+					}
+					inside = append(inside, ids...)
+				}
+				iperf3 := 0
+				for _, id := range inside {
+					if id.comm == "iperf3" {
+						iperf3++
+					}
+				}
+				return iperf3 == 2, nil
+			})
+			if err != nil {
+				t.Fatalf("waiting for the first uloop run's iperf3 server and client: %v; processes in the namespaces: %v; stderr:\n%s", err, inside, stderr.String())
 			}
 			// uloopd, and iperf3's server and client.
 			if len(inside) < 3 {
@@ -235,7 +244,6 @@ func TestInterrupt(t *testing.T) {
 			if err := cmd.Process.Signal(sig); err != nil {
 				t.Fatal(err)
 			}
-			var err error
 			select {
 			case err = <-done:
 				done <- err // for the deferred Wait
