@@ -413,30 +413,55 @@ func tcpEcho(t *testing.T, l net.Listener) {
 // that exactly msg comes back.
 func tcpRoundTrip(t *testing.T, n *netNS, network, addr string, msg []byte) {
 	t.Helper()
-	c, err := n.dial(network, addr, 5*time.Second)
+	if err := roundTrip(n, network, addr, msg); err != nil {
+		t.Fatalf("echo from %s: %v", addr, err)
+	}
+}
+
+// roundTrip is tcpRoundTrip for use off the test goroutine.
+func roundTrip(ns *netNS, network, addr string, msg []byte) error {
+	c, err := ns.dial(network, addr, 10*time.Second)
 	if err != nil {
-		t.Fatalf("dial %s %s: %v", network, addr, err)
+		return fmt.Errorf("dial: %w", err)
 	}
 	defer c.Close()
 	c.SetDeadline(time.Now().Add(30 * time.Second))
-	errc := make(chan error, 1)
+	werr := make(chan error, 1)
 	go func() {
 		_, err := c.Write(msg)
 		if err == nil {
-			err = c.(interface{ CloseWrite() error }).CloseWrite()
+			err = c.(*net.TCPConn).CloseWrite()
 		}
-		errc <- err
+		werr <- err
 	}()
 	got, rerr := io.ReadAll(c)
-	if err := <-errc; err != nil {
-		t.Fatalf("writing to %s: %v", addr, err)
+	if err := <-werr; err != nil {
+		return fmt.Errorf("%s: write: %w", c.LocalAddr(), err)
 	}
 	if rerr != nil {
-		t.Fatalf("reading echo from %s: %v", addr, rerr)
+		return fmt.Errorf("%s: read: %w (after %d bytes)", c.LocalAddr(), rerr, len(got))
 	}
 	if !bytes.Equal(got, msg) {
-		t.Fatalf("echo from %s: got %d bytes, want the %d sent (equal: false)", addr, len(got), len(msg))
+		return fmt.Errorf("%s: echo: got %d bytes, want the %d sent back unchanged", c.LocalAddr(), len(got), len(msg))
 	}
+	return nil
+}
+
+// dialUDP opens a UDP socket in ns connected to srv; Cleanup closes it.
+func dialUDP(t *testing.T, ns *netNS, network string, srv *net.UDPAddr) *net.UDPConn {
+	t.Helper()
+	c, err := dialUDPErr(ns, network, srv)
+	if err != nil {
+		t.Fatalf("dial %s %s in %s: %v", network, srv, ns, err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// dialUDPErr is dialUDP off the test goroutine; the caller closes c.
+func dialUDPErr(ns *netNS, network string, srv *net.UDPAddr) (c *net.UDPConn, err error) {
+	err = ns.do(func() (err error) { c, err = net.DialUDP(network, nil, srv); return err })
+	return c, err
 }
 
 // ---------------------------------------------------------------------------

@@ -83,11 +83,7 @@ func testUDPEchoSize(t *testing.T, e *env, size, count int) {
 	before := e.snapshot(t)
 	srv := e.ns.listenUDP(t, "127.0.0.1:0")
 	udpEcho(t, srv)
-	var c *net.UDPConn
-	if err := e.ns.do(func() (err error) { c, err = net.DialUDP("udp", nil, srv.LocalAddr().(*net.UDPAddr)); return err }); err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := dialUDP(t, e.ns, "udp", srv.LocalAddr().(*net.UDPAddr))
 	for i := range count {
 		msg := datagram(byte(i), size)
 		if _, err := c.Write(msg); err != nil {
