@@ -137,8 +137,11 @@ func TestDo(t *testing.T) {
 	before, _ := os.Readlink("/proc/thread-self/ns/net")
 	var l net.Listener
 	var inside string
+	var confs []os.DirEntry
 	err := n.Do(func() (err error) {
 		inside, _ = os.Readlink("/proc/thread-self/ns/net")
+		// Network sysctls follow the thread too.
+		confs, _ = os.ReadDir("/proc/sys/net/ipv4/conf")
 		l, err = net.Listen("tcp", "127.0.0.1:0")
 		return err
 	})
@@ -148,6 +151,9 @@ func TestDo(t *testing.T) {
 	defer l.Close()
 	if want := fmt.Sprintf("net:[%d]", n.ino); inside != want {
 		t.Errorf("fn ran in %s, want %s", inside, want)
+	}
+	if len(confs) != 3 || confs[0].Name() != "all" || confs[1].Name() != "default" || confs[2].Name() != "lo" {
+		t.Errorf("/proc/sys/net/ipv4/conf in Do: got %v, want all, default and lo", confs)
 	}
 	if after, _ := os.Readlink("/proc/thread-self/ns/net"); after != before {
 		t.Errorf("caller's thread: in %s before Do, %s after", before, after)

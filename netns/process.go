@@ -51,8 +51,8 @@ func (n *Namespace) Start(cmd *exec.Cmd) (*Process, error) {
 // the caller) and is killed if the thread that forked it ends, which happens
 // when the caller's process dies; a SysProcAttr the caller set is used as it
 // is, and Stop and Kill then reach the group only if it sets Setpgid. For a
-// cmd made with exec.CommandContext, the end of the context kills the whole
-// group. If cmd.WaitDelay is zero it is set to 2 s, so that a child that
+// cmd made with exec.CommandContext whose process leads a group, the end of
+// the context kills the whole group (Start replaces cmd.Cancel). If cmd.WaitDelay is zero it is set to 2 s, so that a child that
 // keeps cmd's output open cannot hold up Wait.
 func StartHere(cmd *exec.Cmd) (*Process, error) {
 	return start(nil, cmd)
@@ -63,7 +63,7 @@ func start(n *Namespace, cmd *exec.Cmd) (*Process, error) {
 		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	}
 	p := &Process{cmd: cmd, ns: n, group: cmd.SysProcAttr.Setpgid && cmd.SysProcAttr.Pgid == 0, done: make(chan struct{})}
-	if cmd.Cancel != nil { // exec.CommandContext
+	if cmd.Cancel != nil && p.group { // exec.CommandContext
 		cmd.Cancel = func() error { return p.signal(syscall.SIGKILL) }
 	}
 	if cmd.WaitDelay == 0 {
