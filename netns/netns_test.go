@@ -211,14 +211,22 @@ func TestStart(t *testing.T) {
 	}
 }
 
-// gone reports whether pid has exited (a zombie counts: it runs nothing).
-func gone(pid int) bool {
-	p, err := procfs.NewProc(pid)
+// requireGone fails the test unless pid exits (a zombie counts: it runs
+// nothing) within 5 s: a SIGKILL is delivered soon after kill(2) returns,
+// not at once.
+func requireGone(t *testing.T, pid int, what string) {
+	t.Helper()
+	err := Poll(context.Background(), 5*time.Second, func() (bool, error) {
+		p, err := procfs.NewProc(pid)
+		if err != nil {
+			return true, nil
+		}
+		st, err := p.Stat()
+		return err != nil || st.State == "Z", nil
+	})
 	if err != nil {
-		return true
+		t.Errorf("%s (pid %d) survived: %v", what, pid, err)
 	}
-	st, err := p.Stat()
-	return err != nil || st.State == "Z"
 }
 
 // children starts sh in n with two sleeping children and returns their PIDs.
@@ -254,9 +262,7 @@ func TestStop(t *testing.T) {
 			t.Errorf("Stop took %v for processes that die on SIGTERM", time.Since(start))
 		}
 		for _, pid := range kids {
-			if !gone(pid) {
-				t.Errorf("child %d of %s survived Stop", pid, p)
-			}
+			requireGone(t, pid, "a child after Stop")
 		}
 	})
 	t.Run("ignores-sigterm", func(t *testing.T) {
@@ -268,17 +274,13 @@ func TestStop(t *testing.T) {
 		if d := time.Since(start); d < 300*time.Millisecond || d > 3*time.Second {
 			t.Errorf("Stop took %v, want the 300ms grace and little more", d)
 		}
-		if !gone(kids[0]) {
-			t.Errorf("child %d survived", kids[0])
-		}
+		requireGone(t, kids[0], "a child that ignores SIGTERM, after Stop")
 	})
 	t.Run("leader-exits", func(t *testing.T) {
 		// What the leader leaves behind in its group goes with it.
 		p, kids := children(t, n, `sleep 60 & echo $!`)
 		p.Wait()
-		if err := Poll(context.Background(), 5*time.Second, func() (bool, error) { return gone(kids[0]), nil }); err != nil {
-			t.Errorf("child %d of an exited leader: %v", kids[0], err)
-		}
+		requireGone(t, kids[0], "the child of an exited leader")
 	})
 	t.Run("kill-all", func(t *testing.T) {
 		// setsid: a process that left the group Stop reaches.
@@ -287,9 +289,10 @@ func TestStop(t *testing.T) {
 		if err := n.KillAll(5 * time.Second); err != nil {
 			t.Fatal(err)
 		}
-		if pids, _ := n.Pids(); len(pids) != 0 || !gone(kids[0]) {
-			t.Errorf("after KillAll: processes %v in %s; child %d gone: %v", pids, n, kids[0], gone(kids[0]))
+		if pids, _ := n.Pids(); len(pids) != 0 {
+			t.Errorf("after KillAll: processes %v in %s", pids, n)
 		}
+		requireGone(t, kids[0], "a process outside the group, after KillAll")
 	})
 }
 

@@ -181,7 +181,9 @@ func (p *Process) Signal(sig os.Signal) error { return p.cmd.Process.Signal(sig)
 
 // Stop ends the process: SIGTERM to its group, then, if it has not exited
 // within grace, SIGKILL to the group and an error wrapping ErrKilled. It
-// returns once the process is reaped, with Wait's error otherwise. Stopping
+// returns once the process is reaped, with Wait's error otherwise; the rest
+// of the group has been sent SIGKILL by then, which the kernel delivers
+// soon after. Stopping
 // a process that has already exited returns Wait's error.
 func (p *Process) Stop(grace time.Duration) error {
 	p.signal(syscall.SIGTERM)
