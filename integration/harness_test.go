@@ -715,19 +715,41 @@ func (e *env) requireCrossed(t *testing.T, before *counters) {
 	if before == nil {
 		return
 	}
-	after := e.snapshot(t)
-	if after.link.TxPackets <= before.link.TxPackets {
-		t.Errorf("%s tx_packets (kernel -> daemon): got %d, want > %d", tunDev, after.link.TxPackets, before.link.TxPackets)
-	}
-	if after.link.RxPackets <= before.link.RxPackets {
-		t.Errorf("%s rx_packets (daemon -> kernel): got %d, want > %d", tunDev, after.link.RxPackets, before.link.RxPackets)
-	}
-	for _, name := range []string{"uloop_tun_rx_packets_total", "uloop_tun_tx_packets_total"} {
-		if a, b := metricValue(t, after.m, name), metricValue(t, before.m, name); a <= b {
-			t.Errorf("%s: got %v, want > %v", name, a, b)
+	e.requireSoon(t, func(after *counters) (failures []string) {
+		if after.link.TxPackets <= before.link.TxPackets {
+			failures = append(failures, fmt.Sprintf("%s tx_packets (kernel -> daemon): got %d, want > %d", tunDev, after.link.TxPackets, before.link.TxPackets))
 		}
+		if after.link.RxPackets <= before.link.RxPackets {
+			failures = append(failures, fmt.Sprintf("%s rx_packets (daemon -> kernel): got %d, want > %d", tunDev, after.link.RxPackets, before.link.RxPackets))
+		}
+		for _, name := range []string{"uloop_tun_rx_packets_total", "uloop_tun_tx_packets_total"} {
+			if a, b := metricValue(t, after.m, name), metricValue(t, before.m, name); a <= b {
+				failures = append(failures, fmt.Sprintf("%s: got %v, want > %v", name, a, b))
+			}
+		}
+		return failures
+	})
+}
+
+// requireSoon fails the test with what check finds wrong unless, within
+// counterLag, a snapshot passes it. uloopd counts a packet just after it
+// wrote it to ulo0, so the program it was for may have it before the
+// counter moves.
+func (e *env) requireSoon(t *testing.T, check func(after *counters) []string) {
+	t.Helper()
+	var failures []string
+	waitFor(counterLag, func() (bool, string) {
+		failures = check(e.snapshot(t))
+		return len(failures) == 0, ""
+	})
+	for _, f := range failures {
+		t.Error(f)
 	}
 }
+
+// counterLag bounds how long after a program sees its packet uloopd's
+// counters may take to show it.
+const counterLag = 2 * time.Second
 
 // diagnostics describes the path's state for a failure message: ulo0's
 // drop and error counters and the daemon's uloop_* metrics. "" in kernel mode.
@@ -756,9 +778,10 @@ func (e *env) requireGrew(t *testing.T, before *counters, name string, min float
 	if before == nil {
 		return
 	}
-	after := metrics(t, e.ns)
-	a, b := metricValue(t, after, name), metricValue(t, before.m, name)
-	if a-b < min {
-		t.Errorf("%s grew by %v (from %v to %v), want >= %v", name, a-b, b, a, min)
-	}
+	e.requireSoon(t, func(after *counters) []string {
+		if a, b := metricValue(t, after.m, name), metricValue(t, before.m, name); a-b < min {
+			return []string{fmt.Sprintf("%s grew by %v (from %v to %v), want >= %v", name, a-b, b, a, min)}
+		}
+		return nil
+	})
 }
