@@ -54,7 +54,7 @@ var goTestLine = regexp.MustCompile(`^\s*--- (PASS|FAIL|SKIP): (\S+) \(`)
 func runGoTests(t *testing.T, e *env, dir, bin string) map[string]string {
 	t.Helper()
 	start := time.Now()
-	r := e.ns.runTimeout(t, 8*time.Minute, "env", "-C", dir, bin, "-test.short", "-test.v", "-test.count=1", "-test.timeout=6m")
+	r := e.ns.runIn(t, 8*time.Minute, dir, bin, "-test.short", "-test.v", "-test.count=1", "-test.timeout=6m")
 	outcomes := map[string]string{}
 	for _, line := range strings.Split(r.stdout, "\n") {
 		if m := goTestLine.FindStringSubmatch(line); m != nil {

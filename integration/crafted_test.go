@@ -3,6 +3,7 @@ package integration
 import (
 	"errors"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"net"
 	"net/netip"
@@ -10,16 +11,17 @@ import (
 	"testing"
 	"time"
 
+	"github.com/uloop/uloop/control"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 )
 
-// stackDrops names one reason of uloop_stack_dropped_packets_total; the bare
-// metric name (any reason) is the sum over all of them.
-func stackDrops(reason string) string {
+// stackDrops names the series of uloop_stack_dropped_packets_total for one
+// reason (metric name, label pairs), or all of them for "".
+func stackDrops(reason string) []string {
 	if reason == "" {
-		return "uloop_stack_dropped_packets_total"
+		return []string{"uloop_stack_dropped_packets_total"}
 	}
-	return `uloop_stack_dropped_packets_total{reason="` + reason + `"}`
+	return []string{"uloop_stack_dropped_packets_total", "reason", reason}
 }
 
 // quietFor is how long a test waits to be sure a packet was not delivered:
@@ -38,23 +40,18 @@ func requireNothingRead(t *testing.T, c net.Conn, what string) {
 	}
 }
 
-// requireCounted fails the test (not fatally) unless series grows past its
-// value in before within 5 s: a drop that is not counted is invisible to
-// whoever runs the daemon.
-func requireCounted(t *testing.T, ns *netNS, before map[string]float64, series string) {
+// requireCounted fails the test (not fatally) unless series (as stackDrops
+// gives it) grows past its value in before within 5 s: a drop that is not
+// counted is invisible to whoever runs the daemon.
+func requireCounted(t *testing.T, ns *netNS, before control.Metrics, series []string) {
 	t.Helper()
-	b := metricValue(t, before, series)
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		a := metricValue(t, metrics(t, ns), series)
-		if a > b {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Errorf("%s: got %v, want > %v: the packet was dropped (nothing was delivered) but not counted", series, a, b)
-			return
-		}
-		time.Sleep(50 * time.Millisecond)
+	b := metricValue(t, before, series[0], series[1:]...)
+	err := waitFor(5*time.Second, func() (bool, string) {
+		a := metricValue(t, metrics(t, ns), series[0], series[1:]...)
+		return a > b, fmt.Sprintf("%v: got %v, want > %v", series, a, b)
+	})
+	if err != nil {
+		t.Errorf("%v: the packet was dropped (nothing was delivered) but not counted", err)
 	}
 }
 
@@ -115,6 +112,29 @@ func (in *injection) requireAlive(t *testing.T) {
 	in.s.SetDeadline(deadline)
 	exchange(t, in.c, in.s, []byte("still there?"))
 	exchange(t, in.s, in.c, []byte("yes"))
+}
+
+// proveInjection shows, on connections of its own, that a segment injected
+// with the numbers the tap gives is taken as the peer's own data, into A (as
+// if from the client) and into B (as if from the server). A case that then
+// finds its hostile segment not delivered knows that this is the segment's
+// doing, not a flaw of the injection. (The proof spoils its connection: the
+// injected bytes move the receiver past what the real peer sent.)
+func proveInjection(t *testing.T, ns *netNS, raw *rawSender) {
+	t.Helper()
+	for _, intoB := range []bool{false, true} {
+		in := newInjection(t, ns, raw)
+		seg, reader, endpoint := in.toServer(t, 0, header.TCPFlagAck|header.TCPFlagPsh, []byte("EVIL")), in.s, "A (client side)"
+		if intoB {
+			seg, reader, endpoint = in.toClient(t, 0, header.TCPFlagAck|header.TCPFlagPsh, []byte("EVIL")), in.c, "B (server side)"
+		}
+		raw.send(t, tcpPacket(seg))
+		got := make([]byte, 4)
+		reader.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := io.ReadFull(reader, got); err != nil || string(got) != "EVIL" {
+			t.Fatalf("injected in-window data into %s: %s read %q (err %v), want \"EVIL\": the injection does not work, so cases that find nothing delivered prove nothing", endpoint, reader.LocalAddr(), got, err)
+		}
+	}
 }
 
 // outsideWindow is as far from the expected sequence number as TCP's 32-bit
@@ -178,23 +198,16 @@ func TestCraftedPackets(t *testing.T) {
 		for _, tc := range []struct {
 			name string
 			// counter must grow by at least 1: a series of
-			// uloop_stack_dropped_packets_total, or "" where gVisor keeps
+			// uloop_stack_dropped_packets_total, or nil where gVisor keeps
 			// no count for the drop (the test then relies on what the
 			// programs see, and on the control case).
-			counter string
+			counter []string
 			run     func(t *testing.T)
 		}{
-			{"control-in-window-data-is-delivered", "", func(t *testing.T) {
-				// Proves the injection below can work: the same segment
-				// with the right sequence number and checksum is taken as
-				// the client's own data.
-				in := newInjection(t, e.ns, raw)
-				raw.send(t, tcpPacket(in.toServer(t, 0, header.TCPFlagAck|header.TCPFlagPsh, []byte("EVIL"))))
-				got := make([]byte, 4)
-				in.s.SetReadDeadline(time.Now().Add(5 * time.Second))
-				if _, err := in.s.Read(got); err != nil || string(got) != "EVIL" {
-					t.Fatalf("server read %q (err %v), want the injected \"EVIL\": the injection cannot work, so the cases that rely on it prove nothing", got, err)
-				}
+			{"control-in-window-data-is-delivered", nil, func(t *testing.T) {
+				// The cases below that inject into B prove this again
+				// first: they rely on it.
+				proveInjection(t, e.ns, raw)
 			}},
 			{"tcp-bad-checksum", stackDrops("tcp_checksum"), func(t *testing.T) {
 				in := newInjection(t, e.ns, raw)
@@ -210,7 +223,8 @@ func TestCraftedPackets(t *testing.T) {
 				requireNothingRead(t, in.s, "after a segment whose header is longer than it")
 				in.requireAlive(t)
 			}},
-			{"tcp-data-outside-window", "", func(t *testing.T) {
+			{"tcp-data-outside-window", nil, func(t *testing.T) {
+				proveInjection(t, e.ns, raw)
 				in := newInjection(t, e.ns, raw)
 				raw.send(t, tcpPacket(in.toServer(t, outsideWindow, header.TCPFlagAck|header.TCPFlagPsh, []byte("EVIL"))))
 				raw.send(t, tcpPacket(in.toClient(t, outsideWindow, header.TCPFlagAck|header.TCPFlagPsh, []byte("EVIL"))))
@@ -218,14 +232,16 @@ func TestCraftedPackets(t *testing.T) {
 				requireNothingRead(t, in.c, "after data outside the window, server -> client")
 				in.requireAlive(t)
 			}},
-			{"tcp-rst-outside-window", "", func(t *testing.T) {
+			{"tcp-rst-outside-window", nil, func(t *testing.T) {
+				proveInjection(t, e.ns, raw)
 				// RFC 5961 section 3.2: a RST outside the window is dropped.
 				in := newInjection(t, e.ns, raw)
 				raw.send(t, tcpPacket(in.toServer(t, outsideWindow, header.TCPFlagRst, nil)))
 				raw.send(t, tcpPacket(in.toClient(t, outsideWindow, header.TCPFlagRst, nil)))
 				in.requireAlive(t)
 			}},
-			{"tcp-rst-in-window-not-exact", "", func(t *testing.T) {
+			{"tcp-rst-in-window-not-exact", nil, func(t *testing.T) {
+				proveInjection(t, e.ns, raw)
 				// RFC 5961 section 3.2: a RST inside the window that is not
 				// exactly rcv_nxt gets a challenge ACK, not a reset.
 				in := newInjection(t, e.ns, raw)
@@ -233,7 +249,8 @@ func TestCraftedPackets(t *testing.T) {
 				raw.send(t, tcpPacket(in.toClient(t, 1000, header.TCPFlagRst, nil)))
 				in.requireAlive(t)
 			}},
-			{"tcp-syn-on-established", "", func(t *testing.T) {
+			{"tcp-syn-on-established", nil, func(t *testing.T) {
+				proveInjection(t, e.ns, raw)
 				// RFC 5961 section 4: a SYN on an established connection
 				// gets a challenge ACK.
 				in := newInjection(t, e.ns, raw)
@@ -300,12 +317,12 @@ func TestCraftedPackets(t *testing.T) {
 				pkt[header.IPv4MinimumSize+2] ^= 0x5a // ICMP checksum
 				raw.send(t, pkt)
 			}},
-			{"syn-flood-3000", "", func(t *testing.T) { testSYNFlood(t, e, raw, echo.Addr().String(), 3000) }},
+			{"syn-flood-3000", nil, func(t *testing.T) { testSYNFlood(t, e, raw, echo.Addr().String(), 3000) }},
 		} {
 			t.Run(tc.name, func(t *testing.T) {
 				before := metrics(t, e.ns)
 				tc.run(t)
-				if tc.counter != "" {
+				if tc.counter != nil {
 					requireCounted(t, e.ns, before, tc.counter)
 				}
 				e.d.requireRunning(t)
@@ -359,9 +376,33 @@ func testSYNFlood(t *testing.T, e *env, raw *rawSender, addr string, n int) {
 		return a <= active0 && g <= g0+goroutineSlack, fmt.Sprintf("uloop_tcp_connections_active %v (before: %v), go_goroutines %v (before: %v)", a, active0, g, g0)
 	})
 	after := metrics(t, e.ns)
-	var deltas []string
-	for _, name := range []string{"uloop_tcp_connections_total", "uloop_tcp_refused_total", stackDrops("tcp_syn_backlog"), "uloop_flows_rejected_total"} {
-		deltas = append(deltas, fmt.Sprintf("%s +%v", name, metricValue(t, after, name)-metricValue(t, before, name)))
+	delta := func(series ...string) float64 {
+		return metricValue(t, after, series[0], series[1:]...) - metricValue(t, before, series[0], series[1:]...)
 	}
-	t.Logf("flood over after %v: %v", time.Since(start).Round(time.Millisecond), deltas)
+	relayed, refused, rejected := delta("uloop_tcp_connections_total"), delta("uloop_tcp_refused_total"), delta("uloop_flows_rejected_total")
+	backlog := delta(stackDrops("tcp_syn_backlog")...)
+	t.Logf("flood over after %v: relayed +%v, refused +%v, rejected +%v, tcp_syn_backlog +%v",
+		time.Since(start).Round(time.Millisecond), relayed, refused, rejected, backlog)
+	// The kernel resets the SYN-ACK sent to a spoofed address (no socket
+	// there asked for it), so no SYN of the flood becomes a connection.
+	if relayed != 0 {
+		t.Errorf("uloop_tcp_connections_total grew by %v during the flood, want 0: spoofed SYNs became relayed connections", relayed)
+	}
+	// 1,024 connects in flight are far from --max-flows (16,384).
+	if rejected != 0 {
+		t.Errorf("uloop_flows_rejected_total grew by %v, want 0", rejected)
+	}
+	// The forwarder drops a SYN only while maxInFlight connects are in
+	// flight, so at least that many reached the relay; the flood outruns
+	// the relay, so some were dropped, and counted.
+	if backlog < 1 || backlog > float64(n-maxInFlight) {
+		t.Errorf("tcp_syn_backlog drops: got %v, want between 1 and %d (%d SYNs, %d connects in flight at most)", backlog, n-maxInFlight, n, maxInFlight)
+	}
+	if refused > float64(n)-backlog {
+		t.Errorf("uloop_tcp_refused_total grew by %v, more than the %v SYNs the forwarder took", refused, float64(n)-backlog)
+	}
 }
+
+// maxInFlight is how many TCP connects uloopd dials at once
+// (stack.DefaultMaxInFlight; docs/reliability.md promises it).
+const maxInFlight = 1024

@@ -61,18 +61,14 @@ func testSIGTERMAtReady(t *testing.T) {
 	for try := range 5 {
 		ns := newNS(t)
 		s0 := readHostState(t, ns)
-		d := launchDaemonOnReady(t, []string{"ip", "netns", "exec", ns.name, uloopd(t)}, func(d *daemon) {
-			d.cmd.Process.Signal(syscall.SIGTERM)
+		d := launchDaemonIn(t, ns, []string{uloopd(t)}, func(d *daemon) {
+			d.p.Signal(syscall.SIGTERM)
 		})
 		d.waitReady(t)
-		select {
-		case <-d.done:
-		case <-time.After(stopTimeout):
-			t.Fatalf("try %d: uloopd still running %v after SIGTERM\nlogs:\n%s", try, stopTimeout, d.logs)
-		}
-		if code := d.cmd.ProcessState.ExitCode(); code != 0 {
+		d.waitExit(t, fmt.Sprintf("SIGTERM at the ready line (try %d)", try))
+		if code := d.p.ExitCode(); code != 0 {
 			t.Errorf("try %d: uloopd sent SIGTERM at its ready line: got %v, want exit status 0 (no \"stopping\" line in its logs means the signal killed it before its handler was installed)\nlogs:\n%s",
-				try, d.cmd.ProcessState, d.logs)
+				try, d.p.State(), d.logs)
 		}
 		requireState(t, fmt.Sprintf("try %d: after SIGTERM at the ready line", try), readHostState(t, ns), s0)
 		if t.Failed() {
@@ -131,14 +127,13 @@ func testDeviceDeleted(t *testing.T) {
 	// These only keep the test from hanging: ending by them is a failure.
 	c.SetDeadline(deleted.Add(clientNotice + 2*time.Second))
 	s.SetDeadline(deleted.Add(clientNotice + 2*time.Second))
-	select {
-	case <-d.done:
-		t.Logf("uloopd exited %v after ulo0 was deleted: %v", time.Since(deleted).Round(time.Millisecond), d.cmd.ProcessState)
-	case <-time.After(deviceLossExit):
-		t.Fatalf("uloopd still running %v after ulo0 was deleted, want it to exit\nlogs:\n%s", deviceLossExit, d.logs)
+	took := d.waitExit(t, "ulo0 was deleted")
+	t.Logf("uloopd exited %v after ulo0 was deleted: %v", took.Round(time.Millisecond), d.p.State())
+	if took > deviceLossExit {
+		t.Errorf("uloopd took %v to exit after ulo0 was deleted, want <= %v", took.Round(time.Millisecond), deviceLossExit)
 	}
-	if code := d.cmd.ProcessState.ExitCode(); code == 0 || code == -1 {
-		t.Errorf("uloopd after losing ulo0: got %v, want a non-zero exit status", d.cmd.ProcessState)
+	if code := d.p.ExitCode(); code == 0 || code == -1 {
+		t.Errorf("uloopd after losing ulo0: got %v, want a non-zero exit status", d.p.State())
 	}
 	logs := d.logs.String()
 	if !regexp.MustCompile(`level=ERROR.*` + tunDev).MatchString(logs) {
@@ -217,7 +212,7 @@ func testSIGTERMActive(t *testing.T, n int) {
 		t.Fatalf("uloop_tcp_connections_active before SIGTERM: got %v, want >= %d", metricValue(t, m, "uloop_tcp_connections_active"), n)
 	}
 
-	if err := d.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+	if err := d.p.Signal(syscall.SIGTERM); err != nil {
 		t.Fatalf("SIGTERM: %v", err)
 	}
 	signalled := time.Now()
@@ -225,18 +220,13 @@ func testSIGTERMActive(t *testing.T, n int) {
 	for _, c := range conns {
 		c.SetDeadline(signalled.Add(clientNotice + 2*time.Second))
 	}
-	select {
-	case <-d.done:
-	case <-time.After(stopTimeout):
-		t.Fatalf("uloopd still running %v after SIGTERM\nlogs:\n%s", stopTimeout, d.logs)
-	}
-	took := time.Since(signalled)
-	t.Logf("uloopd exited %v after SIGTERM with %d connections (%d exchanges before): %v", took.Round(time.Millisecond), n, rounds.Load(), d.cmd.ProcessState)
+	took := d.waitExit(t, "SIGTERM")
+	t.Logf("uloopd exited %v after SIGTERM with %d connections (%d exchanges before): %v", took.Round(time.Millisecond), n, rounds.Load(), d.p.State())
 	if took > sigtermExit {
 		t.Errorf("uloopd took %v to exit after SIGTERM, want <= %v", took.Round(time.Millisecond), sigtermExit)
 	}
-	if code := d.cmd.ProcessState.ExitCode(); code != 0 {
-		t.Errorf("uloopd after SIGTERM: got %v, want exit status 0", d.cmd.ProcessState)
+	if code := d.p.ExitCode(); code != 0 {
+		t.Errorf("uloopd after SIGTERM: got %v, want exit status 0", d.p.State())
 	}
 	requireState(t, "after SIGTERM with connections open", readHostState(t, ns), s0)
 

@@ -4,30 +4,26 @@ package integration
 // test, its metrics, and the two modes (kernel lo, uloop) most tests run in.
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"runtime"
-	"sort"
-	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/uloop/uloop/control"
+	"github.com/uloop/uloop/netns"
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 	"go.uber.org/goleak"
 )
 
@@ -141,91 +137,57 @@ func goTool() string {
 }
 
 // ---------------------------------------------------------------------------
-// Network namespaces.
+// Network namespaces, and commands in them.
 
-// netNS is a named network namespace made for one test. The zero name means
-// the test binary's own namespace (used only to read its state).
+// netNS is a network namespace made for one test. A netNS without a
+// Namespace (&netNS{}) stands for the test binary's own namespace, used only
+// to read its state.
 type netNS struct {
 	name string
-	h    netns.NsHandle
+	ns   *netns.Namespace
 }
 
-var nsSeq atomic.Int64
-
 // newNS creates a fresh namespace (lo down, nothing else) named
-// ulo-it-<pid>-<n>; Cleanup deletes it. Register daemons and processes after
-// calling newNS so that their Cleanup (which kills them) runs first.
+// ulo-it-<pid>-<n>; Cleanup kills whatever still runs in it and deletes it.
+// Register daemons and processes after calling newNS so that their Cleanup
+// (which stops them) runs first.
 func newNS(t *testing.T) *netNS {
 	t.Helper()
 	requireRoot(t)
-	name := fmt.Sprintf("ulo-it-%d-%d", os.Getpid(), nsSeq.Add(1))
-	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
-		t.Fatalf("ip netns add %s: %v: %s", name, err, out)
+	ns, err := netns.Create("ulo-it")
+	if err != nil {
+		t.Fatal(err)
 	}
-	n := &netNS{name: name, h: -1}
 	t.Cleanup(func() {
-		if n.h >= 0 {
-			n.h.Close()
-		}
-		if out, err := exec.Command("ip", "netns", "del", name).CombinedOutput(); err != nil {
-			t.Errorf("ip netns del %s: %v: %s", name, err, out)
+		if err := errors.Join(ns.KillAll(5*time.Second), ns.Delete()); err != nil {
+			t.Error(err)
 		}
 	})
-	h, err := netns.GetFromName(name)
-	if err != nil {
-		t.Fatalf("opening namespace %s: %v", name, err)
-	}
-	n.h = h
-	return n
+	return &netNS{name: ns.Name(), ns: ns}
 }
 
-// do runs fn on an OS thread that has entered the namespace. Sockets fn
-// creates keep the namespace for their whole life. Goroutines that fn starts do
-// not run in the namespace: create every socket in fn itself.
+// do runs fn on an OS thread in the namespace (see netns.Namespace.Do):
+// create every socket in fn itself.
 func (n *netNS) do(fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("reading current namespace: %w", err)
-			return
-		}
-		defer orig.Close()
-		if err := netns.Set(n.h); err != nil {
-			runtime.UnlockOSThread() // still in the original namespace
-			errc <- fmt.Errorf("entering namespace %s: %w", n.name, err)
-			return
-		}
-		ferr := fn()
-		if err := netns.Set(orig); err != nil {
-			// Stay locked: the runtime ends a thread whose goroutine exits
-			// locked, so no other goroutine ever runs in namespace n by
-			// accident.
-			errc <- errors.Join(ferr, fmt.Errorf("leaving namespace %s: %w", n.name, err))
-			return
-		}
-		runtime.UnlockOSThread()
-		errc <- ferr
-	}()
-	return <-errc
+	if n.ns == nil {
+		return fn()
+	}
+	return n.ns.Do(fn)
 }
 
 func (n *netNS) String() string {
-	if n.name == "" {
+	if n.ns == nil {
 		return "(test namespace)"
 	}
 	return n.name
 }
 
-// command returns argv run inside the namespace via `ip netns exec`, which
-// execs argv in place: the command's PID is argv[0]'s.
-func (n *netNS) command(ctx context.Context, argv ...string) *exec.Cmd {
-	if n.name == "" {
-		return exec.CommandContext(ctx, argv[0], argv[1:]...)
+// startCmd starts cmd in the namespace.
+func (n *netNS) startCmd(cmd *exec.Cmd) (*netns.Process, error) {
+	if n.ns == nil {
+		return netns.StartHere(cmd)
 	}
-	return exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", n.name}, argv...)...)
+	return n.ns.Start(cmd)
 }
 
 // result is a finished command.
@@ -242,27 +204,25 @@ func (r result) String() string {
 // run runs argv in the namespace to completion (at most commandTimeout).
 func (n *netNS) run(t *testing.T, argv ...string) result {
 	t.Helper()
-	return n.runTimeout(t, commandTimeout, argv...)
+	return n.runIn(t, commandTimeout, "", argv...)
 }
 
-func (n *netNS) runTimeout(t *testing.T, timeout time.Duration, argv ...string) result {
+// runIn runs argv in the namespace, in directory dir ("" for the test's),
+// for at most timeout.
+func (n *netNS) runIn(t *testing.T, timeout time.Duration, dir string, argv ...string) result {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	cmd := n.command(ctx, argv...)
+	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
+	cmd.Dir = dir
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	cmd.WaitDelay = time.Second
-	err := cmd.Run()
-	r := result{argv: argv, stdout: stdout.String(), stderr: stderr.String()}
-	var ee *exec.ExitError
-	switch {
-	case err == nil:
-	case errors.As(err, &ee):
-		r.code = ee.ExitCode()
-	default:
-		t.Fatalf("running %q in %s: %v", argv, n, err)
+	p, err := n.startCmd(cmd)
+	if err != nil {
+		t.Fatalf("in %s: %v", n, err)
 	}
+	p.Wait()
+	r := result{argv: argv, stdout: stdout.String(), stderr: stderr.String(), code: p.ExitCode()}
 	if ctx.Err() != nil {
 		t.Fatalf("%q in %s did not finish within %v\n%s", argv, n, timeout, r)
 	}
@@ -279,118 +239,60 @@ func (n *netNS) mustRun(t *testing.T, argv ...string) string {
 	return r.stdout
 }
 
-// proc is a background process in a namespace.
+// proc is a background process in a namespace, with its output.
 type proc struct {
-	cmd  *exec.Cmd
-	out  *lockedBuffer
-	done chan struct{}
+	*netns.Process
+	out *netns.Output
 }
 
-// start runs argv in the background; Cleanup kills it.
+// start runs argv in the background; Cleanup kills its process group.
 func (n *netNS) start(t *testing.T, argv ...string) *proc {
 	t.Helper()
-	cmd := n.command(context.Background(), argv...)
-	p := &proc{cmd: cmd, out: &lockedBuffer{}, done: make(chan struct{})}
+	p := &proc{out: &netns.Output{}}
+	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Stdout, cmd.Stderr = p.out, p.out
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("starting %q in %s: %v", argv, n, err)
+	var err error
+	if p.Process, err = n.startCmd(cmd); err != nil {
+		t.Fatalf("in %s: %v", n, err)
 	}
-	go func() { cmd.Wait(); close(p.done) }()
 	t.Cleanup(func() {
-		cmd.Process.Kill()
-		<-p.done
+		p.Kill()
 		if t.Failed() {
-			t.Logf("output of %q:\n%s", argv, p.out)
+			t.Logf("output of %s:\n%s", p, p.out)
 		}
 	})
 	return p
 }
 
-func (p *proc) exited() bool {
-	select {
-	case <-p.done:
-		return true
-	default:
-		return false
-	}
-}
-
-// waitListening polls /proc/PID/net/{tcp,tcp6} (which show the process's own
-// namespace) until the process has a TCP socket listening on port.
+// waitListening waits until the process's namespace has a TCP socket
+// listening on port (see netns.Process.WaitListening).
 func waitListening(t *testing.T, p *proc, port int) {
 	t.Helper()
-	want := fmt.Sprintf(":%04X ", port)
-	pollUntil(t, readyTimeout, fmt.Sprintf("%q listening on port %d", p.cmd.Args, port), func() (bool, string) {
-		if p.exited() {
-			t.Fatalf("%q exited before listening: %v\n%s", p.cmd.Args, p.cmd.ProcessState, p.out)
-		}
-		for _, f := range []string{"tcp", "tcp6"} {
-			b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/net/%s", p.cmd.Process.Pid, f))
-			for _, line := range strings.Split(string(b), "\n") {
-				fields := strings.Fields(line)
-				// sl local_address rem_address st ...; st 0A is LISTEN.
-				if len(fields) > 3 && strings.HasSuffix(fields[1]+" ", want) && fields[3] == "0A" {
-					return true, ""
-				}
-			}
-		}
-		return false, "not listening yet"
-	})
+	if err := p.WaitListening(context.Background(), "tcp", port, readyTimeout); err != nil {
+		t.Fatalf("%v\n%s", err, p.out)
+	}
 }
 
 // pollUntil calls cond until it reports true or timeout passes, then fails the
 // test with what, and the last detail cond gave.
 func pollUntil(t *testing.T, timeout time.Duration, what string, cond func() (bool, string)) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	delay := 5 * time.Millisecond
-	for {
-		ok, detail := cond()
-		if ok {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("waiting for %s: not reached within %v (last: %s)", what, timeout, detail)
-		}
-		time.Sleep(delay)
-		if delay < 200*time.Millisecond {
-			delay *= 2
-		}
+	if err := waitFor(timeout, cond); err != nil {
+		t.Fatalf("waiting for %s: %v", what, err)
 	}
 }
 
-// lockedBuffer is an io.Writer safe for the concurrent writes of exec's
-// stdout/stderr copiers; onLine, if set, sees every complete line.
-type lockedBuffer struct {
-	mu      sync.Mutex // mu guards buf and partial
-	buf     bytes.Buffer
-	partial []byte
-	onLine  func(string)
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	b.buf.Write(p)
-	if b.onLine != nil {
-		b.partial = append(b.partial, p...)
-		for {
-			i := bytes.IndexByte(b.partial, '\n')
-			if i < 0 {
-				break
-			}
-			b.onLine(string(b.partial[:i]))
-			b.partial = b.partial[i+1:]
-		}
+// waitFor is pollUntil that returns the failure instead.
+func waitFor(timeout time.Duration, cond func() (bool, string)) error {
+	var last string
+	err := netns.Poll(context.Background(), timeout, func() (ok bool, _ error) {
+		ok, last = cond()
+		return ok, nil
+	})
+	if err != nil {
+		return fmt.Errorf("%w (last: %s)", err, last)
 	}
-	return len(p), nil
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
+	return nil
 }
 
 // ---------------------------------------------------------------------------
@@ -518,30 +420,55 @@ func tcpEcho(t *testing.T, l net.Listener) {
 // that exactly msg comes back.
 func tcpRoundTrip(t *testing.T, n *netNS, network, addr string, msg []byte) {
 	t.Helper()
-	c, err := n.dial(network, addr, 5*time.Second)
+	if err := roundTrip(n, network, addr, msg); err != nil {
+		t.Fatalf("echo from %s: %v", addr, err)
+	}
+}
+
+// roundTrip is tcpRoundTrip for use off the test goroutine.
+func roundTrip(ns *netNS, network, addr string, msg []byte) error {
+	c, err := ns.dial(network, addr, 10*time.Second)
 	if err != nil {
-		t.Fatalf("dial %s %s: %v", network, addr, err)
+		return fmt.Errorf("dial: %w", err)
 	}
 	defer c.Close()
 	c.SetDeadline(time.Now().Add(30 * time.Second))
-	errc := make(chan error, 1)
+	werr := make(chan error, 1)
 	go func() {
 		_, err := c.Write(msg)
 		if err == nil {
-			err = c.(interface{ CloseWrite() error }).CloseWrite()
+			err = c.(*net.TCPConn).CloseWrite()
 		}
-		errc <- err
+		werr <- err
 	}()
 	got, rerr := io.ReadAll(c)
-	if err := <-errc; err != nil {
-		t.Fatalf("writing to %s: %v", addr, err)
+	if err := <-werr; err != nil {
+		return fmt.Errorf("%s: write: %w", c.LocalAddr(), err)
 	}
 	if rerr != nil {
-		t.Fatalf("reading echo from %s: %v", addr, rerr)
+		return fmt.Errorf("%s: read: %w (after %d bytes)", c.LocalAddr(), rerr, len(got))
 	}
 	if !bytes.Equal(got, msg) {
-		t.Fatalf("echo from %s: got %d bytes, want the %d sent (equal: false)", addr, len(got), len(msg))
+		return fmt.Errorf("%s: echo: got %d bytes, want the %d sent back unchanged", c.LocalAddr(), len(got), len(msg))
 	}
+	return nil
+}
+
+// dialUDP opens a UDP socket in ns connected to srv; Cleanup closes it.
+func dialUDP(t *testing.T, ns *netNS, network string, srv *net.UDPAddr) *net.UDPConn {
+	t.Helper()
+	c, err := dialUDPErr(ns, network, srv)
+	if err != nil {
+		t.Fatalf("dial %s %s in %s: %v", network, srv, ns, err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// dialUDPErr is dialUDP off the test goroutine; the caller closes c.
+func dialUDPErr(ns *netNS, network string, srv *net.UDPAddr) (c *net.UDPConn, err error) {
+	err = ns.do(func() (err error) { c, err = net.DialUDP(network, nil, srv); return err })
+	return c, err
 }
 
 // ---------------------------------------------------------------------------
@@ -551,37 +478,35 @@ func tcpRoundTrip(t *testing.T, n *netNS, network, addr string, msg []byte) {
 var readyRE = regexp.MustCompile(`\bready\b`)
 
 type daemon struct {
-	argv  []string
-	cmd   *exec.Cmd
-	logs  *lockedBuffer
+	p     *netns.Process
+	logs  *netns.Output
 	ready chan struct{}
-	done  chan struct{}
 }
 
-// startDaemon runs uloopd inside ns (via ip netns exec) with args and waits for
-// its ready line. Cleanup kills it if it is still running.
+// startDaemon runs uloopd with args inside ns and waits for its ready line.
+// Cleanup kills it if it is still running.
 func startDaemon(t *testing.T, ns *netNS, args ...string) *daemon {
 	t.Helper()
-	argv := append([]string{"ip", "netns", "exec", ns.name, uloopd(t)}, args...)
-	d := launchDaemon(t, argv)
+	d := launchDaemonIn(t, ns, append([]string{uloopd(t)}, args...), nil)
 	d.waitReady(t)
 	return d
 }
 
-// launchDaemon starts argv (a uloopd command line) without waiting.
+// launchDaemon starts argv (a uloopd command line, maybe behind env, ip
+// netns exec or setpriv) in the test's own namespace without waiting.
 func launchDaemon(t *testing.T, argv []string) *daemon {
 	t.Helper()
-	return launchDaemonOnReady(t, argv, nil)
+	return launchDaemonIn(t, &netNS{}, argv, nil)
 }
 
-// launchDaemonOnReady is launchDaemon that also calls onReady, if not nil,
-// the moment the ready line arrives: on the goroutine that reads the
+// launchDaemonIn starts argv in ns without waiting. It calls onReady, if not
+// nil, the moment the ready line arrives: on the goroutine that reads the
 // daemon's output, before d.ready is closed.
-func launchDaemonOnReady(t *testing.T, argv []string, onReady func(d *daemon)) *daemon {
+func launchDaemonIn(t *testing.T, ns *netNS, argv []string, onReady func(d *daemon)) *daemon {
 	t.Helper()
-	d := &daemon{argv: argv, logs: &lockedBuffer{}, ready: make(chan struct{}), done: make(chan struct{})}
+	d := &daemon{ready: make(chan struct{})}
 	var once sync.Once
-	d.logs.onLine = func(line string) {
+	d.logs = &netns.Output{OnLine: func(line string) {
 		if readyRE.MatchString(line) && !strings.Contains(line, "level=ERROR") {
 			once.Do(func() {
 				if onReady != nil {
@@ -590,43 +515,28 @@ func launchDaemonOnReady(t *testing.T, argv []string, onReady func(d *daemon)) *
 				close(d.ready)
 			})
 		}
+	}}
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Stdout, cmd.Stderr = d.logs, d.logs
+	var err error
+	if d.p, err = ns.startCmd(cmd); err != nil {
+		t.Fatal(err)
 	}
-	d.cmd = exec.Command(argv[0], argv[1:]...)
-	d.cmd.Stderr = d.logs
-	d.cmd.Stdout = d.logs
-	// If the test binary dies, so does the daemon.
-	d.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := d.cmd.Start(); err != nil {
-		t.Fatalf("starting %q: %v", argv, err)
-	}
-	go func() { d.cmd.Wait(); close(d.done) }()
 	t.Cleanup(func() {
-		if !d.exited() {
-			d.cmd.Process.Kill()
-			<-d.done
-		}
+		d.p.Kill()
 		if t.Failed() {
-			t.Logf("uloopd logs (%q):\n%s", argv, d.logs)
+			t.Logf("uloopd logs (%s):\n%s", d.p, d.logs)
 		}
 	})
 	return d
-}
-
-func (d *daemon) exited() bool {
-	select {
-	case <-d.done:
-		return true
-	default:
-		return false
-	}
 }
 
 func (d *daemon) waitReady(t *testing.T) {
 	t.Helper()
 	select {
 	case <-d.ready:
-	case <-d.done:
-		t.Fatalf("uloopd exited before ready: %v\nlogs:\n%s", d.cmd.ProcessState, d.logs)
+	case <-d.p.Done():
+		t.Fatalf("uloopd exited before ready: %v\nlogs:\n%s", d.p.State(), d.logs)
 	case <-time.After(readyTimeout):
 		t.Fatalf("uloopd: no ready line within %v\nlogs:\n%s", readyTimeout, d.logs)
 	}
@@ -635,8 +545,24 @@ func (d *daemon) waitReady(t *testing.T) {
 // requireRunning fails the test if the daemon has exited.
 func (d *daemon) requireRunning(t *testing.T) {
 	t.Helper()
-	if d.exited() {
-		t.Fatalf("uloopd exited unexpectedly: %v\nlogs:\n%s", d.cmd.ProcessState, d.logs)
+	if d.p.Exited() {
+		t.Fatalf("uloopd exited unexpectedly: %v\nlogs:\n%s", d.p.State(), d.logs)
+	}
+}
+
+// waitExit waits for the daemon to exit after what (a signal, a fault) and
+// returns how long that took; past stopTimeout it kills the daemon and
+// fails the test.
+func (d *daemon) waitExit(t *testing.T, what string) time.Duration {
+	t.Helper()
+	start := time.Now()
+	select {
+	case <-d.p.Done():
+		return time.Since(start)
+	case <-time.After(stopTimeout):
+		d.p.Kill()
+		t.Fatalf("uloopd still running %v after %s (killed)\nlogs:\n%s", stopTimeout, what, d.logs)
+		return 0
 	}
 }
 
@@ -644,18 +570,12 @@ func (d *daemon) requireRunning(t *testing.T) {
 func (d *daemon) Stop(t *testing.T) {
 	t.Helper()
 	d.requireRunning(t)
-	if err := d.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+	if err := d.p.Signal(syscall.SIGTERM); err != nil {
 		t.Fatalf("SIGTERM: %v", err)
 	}
-	select {
-	case <-d.done:
-	case <-time.After(stopTimeout):
-		d.cmd.Process.Kill()
-		<-d.done
-		t.Fatalf("uloopd still running %v after SIGTERM (killed)\nlogs:\n%s", stopTimeout, d.logs)
-	}
-	if code := d.cmd.ProcessState.ExitCode(); code != 0 {
-		t.Fatalf("uloopd after SIGTERM: got %v, want exit status 0\nlogs:\n%s", d.cmd.ProcessState, d.logs)
+	d.waitExit(t, "SIGTERM")
+	if code := d.p.ExitCode(); code != 0 {
+		t.Fatalf("uloopd after SIGTERM: got %v, want exit status 0\nlogs:\n%s", d.p.State(), d.logs)
 	}
 }
 
@@ -663,8 +583,7 @@ func (d *daemon) Stop(t *testing.T) {
 func (d *daemon) Kill(t *testing.T) {
 	t.Helper()
 	d.requireRunning(t)
-	d.cmd.Process.Kill()
-	<-d.done
+	d.p.Kill()
 }
 
 // runDaemonToExit runs a uloopd command line that is expected to fail and
@@ -674,148 +593,46 @@ func runDaemonToExit(t *testing.T, argv []string) (code int, logs string) {
 	t.Helper()
 	d := launchDaemon(t, argv)
 	select {
-	case <-d.done:
+	case <-d.p.Done():
 	case <-d.ready:
-		d.cmd.Process.Kill()
-		<-d.done
+		d.p.Kill()
 		t.Fatalf("%q: got ready, want it to fail\nlogs:\n%s", argv, d.logs)
 	case <-time.After(readyTimeout):
-		d.cmd.Process.Kill()
-		<-d.done
+		d.p.Kill()
 		t.Fatalf("%q: still running after %v, want it to fail promptly\nlogs:\n%s", argv, readyTimeout, d.logs)
 	}
-	return d.cmd.ProcessState.ExitCode(), d.logs.String()
+	return d.p.ExitCode(), d.logs.String()
 }
 
 // ---------------------------------------------------------------------------
 // Metrics and counters.
 
-// metrics fetches GET /metrics from the daemon's control socket, the abstract
-// unix socket @uloopd in ns (abstract sockets belong to a network namespace,
-// so the socket is made inside ns), and parses the Prometheus text.
-func metrics(t *testing.T, ns *netNS) map[string]float64 {
+// metrics scrapes the daemon's metrics from its control socket in ns.
+func metrics(t *testing.T, ns *netNS) control.Metrics {
 	t.Helper()
-	m, err := fetchMetrics(ns)
+	m, err := control.New(ns.ns, 5*time.Second).Metrics(context.Background())
 	if err != nil {
-		t.Fatalf("metrics from @uloopd in %s: %v", ns, err)
+		t.Fatal(err)
 	}
 	return m
 }
 
-// controlClient is an HTTP client for the daemon's control socket in ns:
-// the abstract socket @uloopd belongs to the namespace, so every connection
-// is dialed from inside it.
-func controlClient(ns *netNS, timeout time.Duration) *http.Client {
-	return &http.Client{Timeout: timeout, Transport: &http.Transport{
-		DisableKeepAlives: true,
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			var c net.Conn
-			err := ns.do(func() (err error) {
-				c, err = (&net.Dialer{}).DialContext(ctx, "unix", "@uloopd")
-				return err
-			})
-			return c, err
-		},
-	}}
-}
-
-func fetchMetrics(ns *netNS) (map[string]float64, error) {
-	resp, err := controlClient(ns, 5*time.Second).Get("http://uloopd/metrics")
+// metricValue returns the value of metric name, summed over its series that
+// carry the labels given (name, value pairs); a metric the daemon does not
+// export fails the test (a missing counter must not read as zero).
+func metricValue(t *testing.T, m control.Metrics, name string, labels ...string) float64 {
+	t.Helper()
+	v, err := m.Value(name, labels...)
 	if err != nil {
-		return nil, err
+		t.Fatal(err)
 	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		b, _ := io.ReadAll(resp.Body)
-		return nil, fmt.Errorf("GET /metrics: %s: %s", resp.Status, b)
-	}
-	return parseMetrics(resp.Body)
+	return v
 }
 
-// parseMetrics reads the Prometheus text exposition format (version 0.0.4)
-// into series -> value, where a series is the name plus its label set as
-// written (`name` or `name{a="b"}`).
-func parseMetrics(r io.Reader) (map[string]float64, error) {
-	m := make(map[string]float64)
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 64*1024), 1024*1024)
-	for sc.Scan() {
-		line := strings.TrimSpace(sc.Text())
-		if line == "" || strings.HasPrefix(line, "#") {
-			continue
-		}
-		series, rest := line, ""
-		if i := strings.IndexByte(line, '{'); i >= 0 && i < strings.IndexAny(line+" ", " \t") {
-			j := closingBrace(line, i)
-			if j < 0 {
-				return nil, fmt.Errorf("unterminated labels: %q", line)
-			}
-			series, rest = line[:j+1], line[j+1:]
-		} else if i := strings.IndexAny(line, " \t"); i >= 0 {
-			series, rest = line[:i], line[i:]
-		}
-		fields := strings.Fields(rest) // value [timestamp]
-		if len(fields) < 1 {
-			return nil, fmt.Errorf("no value: %q", line)
-		}
-		v, err := strconv.ParseFloat(fields[0], 64)
-		if err != nil {
-			return nil, fmt.Errorf("bad value in %q: %v", line, err)
-		}
-		m[series] = v
-	}
-	return m, sc.Err()
-}
-
-// closingBrace returns the index of the '}' closing the label set that opens
-// at line[open], skipping quoted label values.
-func closingBrace(line string, open int) int {
-	inQuote := false
-	for i := open + 1; i < len(line); i++ {
-		switch c := line[i]; {
-		case inQuote && c == '\\':
-			i++
-		case c == '"':
-			inQuote = !inQuote
-		case !inQuote && c == '}':
-			return i
-		}
-	}
-	return -1
-}
-
-// metricValue returns the value of an unlabelled metric, or the sum of its
-// labelled series; a metric the daemon does not export fails the test (a
-// missing counter must not read as zero).
-func metricValue(t *testing.T, m map[string]float64, name string) float64 {
+// link reads a device in ns through netlink.
+func link(t *testing.T, ns *netNS, dev string) netlink.Link {
 	t.Helper()
-	if v, ok := m[name]; ok {
-		return v
-	}
-	sum, found := 0.0, false
-	for k, v := range m {
-		if strings.HasPrefix(k, name+"{") {
-			sum += v
-			found = true
-		}
-	}
-	if !found {
-		var names []string
-		for k := range m {
-			if strings.HasPrefix(k, "uloop_") {
-				names = append(names, k)
-			}
-		}
-		sort.Strings(names)
-		t.Fatalf("metric %s not exported; uloop_* series: %v", name, names)
-	}
-	return sum
-}
-
-// linkStats reads a device's kernel statistics in ns through netlink.
-func linkStats(t *testing.T, ns *netNS, dev string) *netlink.LinkStatistics {
-	t.Helper()
-	h, err := netlink.NewHandleAt(ns.h)
+	h, err := netlink.NewHandleAt(ns.ns.Handle())
 	if err != nil {
 		t.Fatalf("netlink handle in %s: %v", ns, err)
 	}
@@ -824,7 +641,13 @@ func linkStats(t *testing.T, ns *netNS, dev string) *netlink.LinkStatistics {
 	if err != nil {
 		t.Fatalf("link %s in %s: %v", dev, ns, err)
 	}
-	s := l.Attrs().Statistics
+	return l
+}
+
+// linkStats reads a device's kernel statistics in ns.
+func linkStats(t *testing.T, ns *netNS, dev string) *netlink.LinkStatistics {
+	t.Helper()
+	s := link(t, ns, dev).Attrs().Statistics
 	if s == nil {
 		t.Fatalf("link %s in %s: no statistics", dev, ns)
 	}
@@ -878,7 +701,7 @@ func uloopOnly(t *testing.T, fn func(t *testing.T)) {
 // counters is what uloop mode compares before and after a test's traffic.
 type counters struct {
 	link *netlink.LinkStatistics // ulo0 as the kernel counts it
-	m    map[string]float64      // the daemon's metrics
+	m    control.Metrics         // the daemon's metrics
 }
 
 // snapshot returns the counters now; nil in kernel mode.
@@ -899,19 +722,41 @@ func (e *env) requireCrossed(t *testing.T, before *counters) {
 	if before == nil {
 		return
 	}
-	after := e.snapshot(t)
-	if after.link.TxPackets <= before.link.TxPackets {
-		t.Errorf("%s tx_packets (kernel -> daemon): got %d, want > %d", tunDev, after.link.TxPackets, before.link.TxPackets)
-	}
-	if after.link.RxPackets <= before.link.RxPackets {
-		t.Errorf("%s rx_packets (daemon -> kernel): got %d, want > %d", tunDev, after.link.RxPackets, before.link.RxPackets)
-	}
-	for _, name := range []string{"uloop_tun_rx_packets_total", "uloop_tun_tx_packets_total"} {
-		if a, b := metricValue(t, after.m, name), metricValue(t, before.m, name); a <= b {
-			t.Errorf("%s: got %v, want > %v", name, a, b)
+	e.requireSoon(t, func(after *counters) (failures []string) {
+		if after.link.TxPackets <= before.link.TxPackets {
+			failures = append(failures, fmt.Sprintf("%s tx_packets (kernel -> daemon): got %d, want > %d", tunDev, after.link.TxPackets, before.link.TxPackets))
 		}
+		if after.link.RxPackets <= before.link.RxPackets {
+			failures = append(failures, fmt.Sprintf("%s rx_packets (daemon -> kernel): got %d, want > %d", tunDev, after.link.RxPackets, before.link.RxPackets))
+		}
+		for _, name := range []string{"uloop_tun_rx_packets_total", "uloop_tun_tx_packets_total"} {
+			if a, b := metricValue(t, after.m, name), metricValue(t, before.m, name); a <= b {
+				failures = append(failures, fmt.Sprintf("%s: got %v, want > %v", name, a, b))
+			}
+		}
+		return failures
+	})
+}
+
+// requireSoon fails the test with what check finds wrong unless, within
+// counterLag, a snapshot passes it. uloopd counts a packet just after it
+// wrote it to ulo0, so the program it was for may have it before the
+// counter moves.
+func (e *env) requireSoon(t *testing.T, check func(after *counters) []string) {
+	t.Helper()
+	var failures []string
+	waitFor(counterLag, func() (bool, string) {
+		failures = check(e.snapshot(t))
+		return len(failures) == 0, ""
+	})
+	for _, f := range failures {
+		t.Error(f)
 	}
 }
+
+// counterLag bounds how long after a program sees its packet uloopd's
+// counters may take to show it.
+const counterLag = 2 * time.Second
 
 // diagnostics describes the path's state for a failure message: ulo0's
 // drop and error counters and the daemon's uloop_* metrics. "" in kernel mode.
@@ -924,21 +769,12 @@ func (e *env) diagnostics(t *testing.T) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "\n%s: tx_packets %d tx_dropped %d tx_errors %d rx_packets %d rx_dropped %d rx_errors %d",
 		tunDev, l.TxPackets, l.TxDropped, l.TxErrors, l.RxPackets, l.RxDropped, l.RxErrors)
-	m, err := fetchMetrics(e.ns)
+	m, err := control.New(e.ns.ns, 5*time.Second).Metrics(context.Background())
 	if err != nil {
 		fmt.Fprintf(&b, "\nmetrics: %v", err)
 		return b.String()
 	}
-	var names []string
-	for k := range m {
-		if strings.HasPrefix(k, "uloop_") {
-			names = append(names, k)
-		}
-	}
-	sort.Strings(names)
-	for _, k := range names {
-		fmt.Fprintf(&b, "\n%s %v", k, m[k])
-	}
+	b.WriteString("\n" + m.Summary())
 	return b.String()
 }
 
@@ -949,9 +785,10 @@ func (e *env) requireGrew(t *testing.T, before *counters, name string, min float
 	if before == nil {
 		return
 	}
-	after := metrics(t, e.ns)
-	a, b := metricValue(t, after, name), metricValue(t, before.m, name)
-	if a-b < min {
-		t.Errorf("%s grew by %v (from %v to %v), want >= %v", name, a-b, b, a, min)
-	}
+	e.requireSoon(t, func(after *counters) []string {
+		if a, b := metricValue(t, after.m, name), metricValue(t, before.m, name); a-b < min {
+			return []string{fmt.Sprintf("%s grew by %v (from %v to %v), want >= %v", name, a-b, b, a, min)}
+		}
+		return nil
+	})
 }

@@ -4,11 +4,11 @@ package integration
 // and a garbage collection on demand, all through the control socket.
 
 import (
-	"fmt"
-	"io"
-	"net/http"
+	"context"
 	"testing"
 	"time"
+
+	"github.com/uloop/uloop/control"
 )
 
 // goroutineSlack is how far go_goroutines may stay above a baseline once the
@@ -25,25 +25,8 @@ const goroutineSlack = 5
 func collectGarbage(t *testing.T, ns *netNS) {
 	t.Helper()
 	for range 2 {
-		if err := controlGet(ns, "/debug/pprof/heap?gc=1"); err != nil {
+		if _, err := control.New(ns.ns, 10*time.Second).Get(context.Background(), "/debug/pprof/heap?gc=1"); err != nil {
 			t.Fatalf("forcing a GC in uloopd in %s: %v", ns, err)
 		}
 	}
-}
-
-// controlGet fetches path from the daemon's control socket in ns and
-// discards the body.
-func controlGet(ns *netNS, path string) error {
-	resp, err := controlClient(ns, 10*time.Second).Get("http://uloopd" + path)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	if _, err := io.Copy(io.Discard, resp.Body); err != nil {
-		return err
-	}
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("GET %s: %s", path, resp.Status)
-	}
-	return nil
 }

@@ -123,7 +123,7 @@ func TestHostState(t *testing.T) {
 		})
 
 		t.Run("netns-flag", func(t *testing.T) {
-			outside := &netNS{h: -1} // the test's own namespace, read only
+			outside := &netNS{} // the test's own namespace, read only
 			out0 := readHostState(t, outside)
 			ns := newNS(t)
 			s0 := readHostState(t, ns)

@@ -149,8 +149,8 @@ func churnUDP(t *testing.T, e *env, srv *net.UDPAddr, n int) {
 // echoDatagram sends msg from a new connected socket and requires it back;
 // it adds the socket's port to ports if that is not nil.
 func echoDatagram(ns *netNS, srv *net.UDPAddr, msg []byte, ports map[int]bool) error {
-	var c *net.UDPConn
-	if err := ns.do(func() (err error) { c, err = net.DialUDP("udp", nil, srv); return err }); err != nil {
+	c, err := dialUDPErr(ns, "udp", srv)
+	if err != nil {
 		return fmt.Errorf("dial: %w", err)
 	}
 	defer c.Close()
@@ -215,11 +215,7 @@ func TestFlowLimit(t *testing.T) {
 			}
 		})
 		t.Run("udp-refused", func(t *testing.T) {
-			var c *net.UDPConn
-			if err := e.ns.do(func() (err error) { c, err = net.DialUDP("udp", nil, srvAddr); return err }); err != nil {
-				t.Fatal(err)
-			}
-			defer c.Close()
+			c := dialUDP(t, e.ns, "udp", srvAddr)
 			if _, err := c.Write([]byte("one too many")); err != nil {
 				t.Fatalf("first write: got %v, want success (the refusal comes after)", err)
 			}

@@ -25,8 +25,8 @@ func TestMTUOffload(t *testing.T) {
 				name := fmt.Sprintf("mtu-%d-offload-%t", mtu, offload)
 				t.Run(name, func(t *testing.T) {
 					e := uloopEnv(t, "--mtu", strconv.Itoa(mtu), "--offload="+strconv.FormatBool(offload))
-					if got := e.ns.mustRun(t, "cat", "/sys/class/net/"+tunDev+"/mtu"); strings.TrimSpace(got) != strconv.Itoa(mtu) {
-						t.Fatalf("%s mtu: got %s, want %d", tunDev, strings.TrimSpace(got), mtu)
+					if got := link(t, e.ns, tunDev).Attrs().MTU; got != mtu {
+						t.Fatalf("%s mtu: got %d, want %d", tunDev, got, mtu)
 					}
 					t.Run("iperf3", func(t *testing.T) {
 						bps := iperf3TCP(t, e)
@@ -83,11 +83,7 @@ func testUDPEchoSize(t *testing.T, e *env, size, count int) {
 	before := e.snapshot(t)
 	srv := e.ns.listenUDP(t, "127.0.0.1:0")
 	udpEcho(t, srv)
-	var c *net.UDPConn
-	if err := e.ns.do(func() (err error) { c, err = net.DialUDP("udp", nil, srv.LocalAddr().(*net.UDPAddr)); return err }); err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := dialUDP(t, e.ns, "udp", srv.LocalAddr().(*net.UDPAddr))
 	for i := range count {
 		msg := datagram(byte(i), size)
 		if _, err := c.Write(msg); err != nil {
@@ -114,7 +110,7 @@ func TestNoTCPPort(t *testing.T) {
 		c.SetDeadline(time.Now().Add(10 * time.Second))
 		exchange(t, c, c, []byte("relayed"))
 
-		pid := e.d.cmd.Process.Pid
+		pid := e.d.p.Pid()
 		owned := regexp.MustCompile(`\bpid=` + strconv.Itoa(pid) + `\b`)
 		ours := regexp.MustCompile(`\bpid=` + strconv.Itoa(os.Getpid()) + `\b`)
 		for _, argv := range [][]string{

@@ -119,7 +119,7 @@ func TestCapabilitiesDropped(t *testing.T) {
 	d := startDaemon(t, ns)
 	const netAdminOnly = "0000000000001000" // 1 << CAP_NET_ADMIN (12)
 	want := map[string]string{"CapInh": "0000000000000000", "CapPrm": netAdminOnly, "CapEff": netAdminOnly, "CapBnd": netAdminOnly, "CapAmb": "0000000000000000"}
-	tasks, err := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/status", d.cmd.Process.Pid))
+	tasks, err := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/status", d.p.Pid()))
 	if err != nil || len(tasks) == 0 {
 		t.Fatalf("listing uloopd's threads: %v (%d found)", err, len(tasks))
 	}

@@ -236,7 +236,7 @@ func testTCPConcurrent(t *testing.T, e *env, conns int) {
 			// Each connection carries its own bytes, so cross-talk between
 			// relayed connections would show.
 			msg := bytes.Repeat([]byte(fmt.Sprintf("conn %04d|", i)), 64<<10/10)
-			errs <- roundTrip(e.ns, l.Addr().String(), msg)
+			errs <- roundTrip(e.ns, "tcp", l.Addr().String(), msg)
 		}()
 	}
 	wg.Wait()
@@ -256,35 +256,6 @@ func testTCPConcurrent(t *testing.T, e *env, conns int) {
 	}
 	e.requireGrew(t, before, "uloop_tcp_connections_total", float64(conns))
 	e.requireCrossed(t, before)
-}
-
-// roundTrip is tcpRoundTrip for use off the test goroutine.
-func roundTrip(ns *netNS, addr string, msg []byte) error {
-	c, err := ns.dial("tcp", addr, 10*time.Second)
-	if err != nil {
-		return fmt.Errorf("dial: %w", err)
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(30 * time.Second))
-	werr := make(chan error, 1)
-	go func() {
-		_, err := c.Write(msg)
-		if err == nil {
-			err = c.(*net.TCPConn).CloseWrite()
-		}
-		werr <- err
-	}()
-	got, rerr := io.ReadAll(c)
-	if err := <-werr; err != nil {
-		return fmt.Errorf("%s: write: %w", c.LocalAddr(), err)
-	}
-	if rerr != nil {
-		return fmt.Errorf("%s: read: %w (after %d bytes)", c.LocalAddr(), rerr, len(got))
-	}
-	if !bytes.Equal(got, msg) {
-		return fmt.Errorf("%s: echo: got %d bytes, want the %d sent back unchanged", c.LocalAddr(), len(got), len(msg))
-	}
-	return nil
 }
 
 // sysctlInts reads a whitespace-separated integer sysctl inside ns.

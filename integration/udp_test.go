@@ -43,11 +43,7 @@ type udpClient struct {
 func newUDPClient(t *testing.T, ns *netNS, bind string, srv *net.UDPAddr) udpClient {
 	t.Helper()
 	if bind == "" { // connected socket
-		var c *net.UDPConn
-		if err := ns.do(func() (err error) { c, err = net.DialUDP("udp", nil, srv); return err }); err != nil {
-			t.Fatalf("dial udp %s: %v", srv, err)
-		}
-		t.Cleanup(func() { c.Close() })
+		c := dialUDP(t, ns, "udp", srv)
 		return udpClient{c, func(b []byte) error { _, err := c.Write(b); return err }}
 	}
 	c := ns.listenUDP(t, bind)
@@ -154,20 +150,12 @@ func testUDPSizes(t *testing.T, e *env) {
 // its datagram caused: the next read fails with ECONNREFUSED.
 func testUDPRefused(t *testing.T, e *env) {
 	before := e.snapshot(t)
-	var c *net.UDPConn
-	err := e.ns.do(func() (err error) {
-		c, err = net.DialUDP("udp", nil, &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 9})
-		return err
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := dialUDP(t, e.ns, "udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 9})
 	if _, err := c.Write([]byte("anyone?")); err != nil {
 		t.Fatalf("first write: got %v, want success (the error comes later)", err)
 	}
 	c.SetReadDeadline(time.Now().Add(3 * time.Second))
-	_, err = c.Read(make([]byte, 64))
+	_, err := c.Read(make([]byte, 64))
 	if !errors.Is(err, syscall.ECONNREFUSED) {
 		t.Fatalf("read after sending to a port with no listener: got %v, want ECONNREFUSED", err)
 	}
@@ -269,11 +257,7 @@ func TestUDPFlowExpiry(t *testing.T) {
 		e := uloopEnv(t, "--udp-timeout", "2s")
 		srv := e.ns.listenUDP(t, "127.0.0.1:0")
 		udpEcho(t, srv)
-		var c *net.UDPConn
-		if err := e.ns.do(func() (err error) { c, err = net.DialUDP("udp", nil, srv.LocalAddr().(*net.UDPAddr)); return err }); err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
+		c := dialUDP(t, e.ns, "udp", srv.LocalAddr().(*net.UDPAddr))
 		echo := func(msg string) {
 			t.Helper()
 			if _, err := c.Write([]byte(msg)); err != nil {

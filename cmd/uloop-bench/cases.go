@@ -9,6 +9,8 @@ import (
 	"os"
 	"strings"
 	"time"
+
+	"github.com/uloop/uloop/control"
 )
 
 // A metric is one figure a case reports per run.
@@ -198,26 +200,39 @@ func (h *harness) runCases(ctx context.Context, rep *report) int {
 	return status
 }
 
-// runOne runs case c once in n, with uloopd's CPU time around it on the
-// uloop side.
+// runOne runs case c once in n, with uloopd's CPU time and the packets it
+// read from ulo0 around it on the uloop side.
 func (h *harness) runOne(ctx context.Context, c benchCase, n *netNS, rep int) runRecord {
 	rec := runRecord{Side: n.side, Rep: rep, Started: time.Now().UTC()}
 	var cpu0 time.Duration
-	var cpuErr error
+	var cpuErr, rxErr error
+	var rx0 float64
 	if n == h.uloop {
-		if !h.daemon.running() {
+		if h.daemon.p.Exited() {
 			rec.Error = fmt.Sprintf("uloopd is no longer running: %v", h.daemon.exitErr())
 			return rec
 		}
-		cpu0, cpuErr = procCPU(h.daemon.pid())
+		cpu0, cpuErr = procCPU(h.daemon.p.Pid())
+		rx0, rxErr = h.tunPackets(ctx)
 	}
 	vals, raw, err := c.run(ctx, h, n)
 	rec.WallSeconds = time.Since(rec.Started).Seconds()
 	rec.Raw = raw
 	if n == h.uloop && cpuErr == nil {
-		if cpu1, err := procCPU(h.daemon.pid()); err == nil {
+		if cpu1, err := procCPU(h.daemon.p.Pid()); err == nil {
 			s := (cpu1 - cpu0).Seconds()
 			rec.DaemonCPUSeconds = &s
+		}
+	}
+	if n == h.uloop && err == nil {
+		// A uloop figure is uloop's only if the traffic crossed ulo0.
+		rx1, err1 := h.tunPackets(ctx)
+		if err = errors.Join(rxErr, err1); err == nil {
+			d := rx1 - rx0
+			rec.DaemonTUNPackets = &d
+			if d <= 0 {
+				err = errors.New("uloopd read no packet from ulo0 during the run: the traffic did not go through uloop")
+			}
 		}
 	}
 	var w warning
@@ -237,6 +252,15 @@ func (h *harness) runOne(ctx context.Context, c benchCase, n *netNS, rep int) ru
 	}
 	rec.Values = vals
 	return rec
+}
+
+// tunPackets is what uloopd has read from ulo0 so far.
+func (h *harness) tunPackets(ctx context.Context) (float64, error) {
+	m, err := control.New(h.uloop.Namespace, 5*time.Second).Metrics(ctx)
+	if err != nil {
+		return 0, err
+	}
+	return m.Value("uloop_tun_rx_packets_total")
 }
 
 // checkValues rejects a run whose figures cannot be real: a missing figure,

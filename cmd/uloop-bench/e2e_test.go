@@ -7,7 +7,6 @@ package main
 // cleanup, never a speed.
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -16,12 +15,13 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
-	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/prometheus/procfs"
+	"github.com/uloop/uloop/netns"
 )
 
 // buildBench builds uloopd and uloop-bench side by side into a temporary
@@ -58,31 +58,13 @@ func buildBench(t *testing.T) (dir string) {
 	return dir
 }
 
-// syncBuffer collects a command's output while the test reads it.
-type syncBuffer struct {
-	mu  sync.Mutex // mu guards buf
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 func TestQuickRunEndToEnd(t *testing.T) {
 	dir := buildBench(t)
 	out := filepath.Join(dir, "out")
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, filepath.Join(dir, "uloop-bench"), "--quick", "--out", out)
-	var stdout, stderr syncBuffer
+	var stdout, stderr netns.Output
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	err := cmd.Run()
 	t.Logf("stderr:\n%s", stderr.String())
@@ -141,8 +123,8 @@ func TestQuickRunEndToEnd(t *testing.T) {
 					t.Errorf("case %s, %s run %d: %s is %v (present: %v), want a positive figure", c.Name, r.Side, r.Rep, mt.Key, v, ok)
 				}
 			}
-			if r.Side == "uloop" && (r.DaemonCPUSeconds == nil || *r.DaemonCPUSeconds < 0) {
-				t.Errorf("case %s, uloop run %d: uloopd CPU seconds %v, want a figure", c.Name, r.Rep, r.DaemonCPUSeconds)
+			if r.Side == "uloop" && (r.DaemonCPUSeconds == nil || *r.DaemonCPUSeconds < 0 || r.DaemonTUNPackets == nil || *r.DaemonTUNPackets <= 0) {
+				t.Errorf("case %s, uloop run %d: uloopd CPU seconds %v, packets from ulo0 %v; want a figure and a positive count", c.Name, r.Rep, r.DaemonCPUSeconds, r.DaemonTUNPackets)
 			}
 		}
 		for _, r := range c.Runs {
@@ -217,7 +199,7 @@ func TestInterrupt(t *testing.T) {
 	for _, sig := range []syscall.Signal{syscall.SIGINT, syscall.SIGTERM} {
 		t.Run(sig.String(), func(t *testing.T) {
 			cmd := exec.Command(filepath.Join(dir, "uloop-bench"), "--quick", "--out", filepath.Join(dir, "out-"+sig.String()))
-			var stdout, stderr syncBuffer
+			var stdout, stderr netns.Output
 			cmd.Stdout, cmd.Stderr = &stdout, &stderr
 			if err := cmd.Start(); err != nil {
 				t.Fatal(err)
@@ -230,23 +212,32 @@ func TestInterrupt(t *testing.T) {
 			}()
 			pid := cmd.Process.Pid
 
-			// Wait for the first uloop run to start, then note the
-			// namespaces' identities to look for survivors later.
-			deadline := time.Now().Add(time.Minute)
-			for !strings.Contains(stderr.String(), "run 1/1  uloop  ...") {
-				if time.Now().After(deadline) {
-					t.Fatalf("no uloop run started within a minute; stderr:\n%s", stderr.String())
-				}
-				time.Sleep(20 * time.Millisecond)
-			}
-			time.Sleep(300 * time.Millisecond) // into the iperf3 run
+			// Wait until the first uloop run has iperf3's server and
+			// client running next to uloopd, noting the processes in
+			// both namespaces to look for survivors later.
 			var inside []procID
-			for _, side := range []string{"kernel", "uloop"} {
-				var st syscall.Stat_t
-				if err := syscall.Stat(fmt.Sprintf("/run/netns/ulb-%d-%s", pid, side), &st); err != nil {
-					t.Fatalf("namespace of side %s: %v", side, err)
+			err := netns.Poll(context.Background(), time.Minute, func() (bool, error) {
+				if !strings.Contains(stderr.String(), "run 1/1  uloop  ...") {
+					return false, nil
 				}
-				inside = append(inside, procsInNetns(st.Ino)...)
+				inside = nil
+				for _, side := range []string{"kernel", "uloop"} {
+					ids, err := procsInNetns(fmt.Sprintf("ulb-%d-%s", pid, side))
+					if err != nil {
+						return false, err
+					}
+					inside = append(inside, ids...)
+				}
+				iperf3 := 0
+				for _, id := range inside {
+					if id.comm == "iperf3" {
+						iperf3++
+					}
+				}
+				return iperf3 == 2, nil
+			})
+			if err != nil {
+				t.Fatalf("waiting for the first uloop run's iperf3 server and client: %v; processes in the namespaces: %v; stderr:\n%s", err, inside, stderr.String())
 			}
 			// uloopd, and iperf3's server and client.
 			if len(inside) < 3 {
@@ -255,7 +246,6 @@ func TestInterrupt(t *testing.T) {
 			if err := cmd.Process.Signal(sig); err != nil {
 				t.Fatal(err)
 			}
-			var err error
 			select {
 			case err = <-done:
 				done <- err // for the deferred Wait
@@ -280,42 +270,39 @@ func TestInterrupt(t *testing.T) {
 // procID names a process across PID reuse.
 type procID struct {
 	pid   int
-	start string // field 22 of /proc/PID/stat, the start time
+	start uint64 // in clock ticks after boot
 	comm  string
 }
 
-func readProcID(pid int) (procID, bool) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+// readProcID identifies pid; ok is false if it has exited (a zombie has:
+// it runs nothing).
+func readProcID(pid int) (id procID, ok bool) {
+	p, err := procfs.NewProc(pid)
 	if err != nil {
-		return procID{}, false
+		return id, false
 	}
-	i := bytes.LastIndexByte(b, ')')
-	j := bytes.IndexByte(b, '(')
-	f := strings.Fields(string(b[i+1:]))
-	if i < 0 || j < 0 || len(f) < 20 {
-		return procID{}, false
+	st, err := p.Stat()
+	if err != nil || st.State == "Z" {
+		return id, false
 	}
-	return procID{pid: pid, start: f[19], comm: string(b[j+1 : i])}, true
+	return procID{pid: pid, start: st.Starttime, comm: st.Comm}, true
 }
 
-// procsInNetns lists the processes in the network namespace with inode ino.
-func procsInNetns(ino uint64) []procID {
+// procsInNetns lists the processes in the named network namespace.
+func procsInNetns(name string) ([]procID, error) {
+	n, err := netns.Open(name)
+	if err != nil {
+		return nil, err
+	}
+	defer n.Close()
+	pids, err := n.Pids()
 	var ids []procID
-	ents, _ := os.ReadDir("/proc")
-	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		var st syscall.Stat_t
-		if syscall.Stat(fmt.Sprintf("/proc/%d/ns/net", pid), &st) != nil || st.Ino != ino {
-			continue
-		}
+	for _, pid := range pids {
 		if id, ok := readProcID(pid); ok {
 			ids = append(ids, id)
 		}
 	}
-	return ids
+	return ids, err
 }
 
 // checkGone fails the test if a namespace of harness pid is still listed, if
@@ -341,15 +328,8 @@ func checkGone(t *testing.T, dir string, pid int, procs []procID) {
 		}
 	}
 	for _, id := range procs {
-		// A zombie is gone for this purpose; a reaped one is gone.
-		if now, ok := readProcID(id.pid); ok && now.start == id.start && !isZombie(id.pid) {
+		if now, ok := readProcID(id.pid); ok && now.start == id.start {
 			t.Errorf("process %d (%s) survived the run", id.pid, id.comm)
 		}
 	}
-}
-
-func isZombie(pid int) bool {
-	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	i := bytes.LastIndexByte(b, ')')
-	return i >= 0 && bytes.HasPrefix(b[i+1:], []byte(" Z"))
 }

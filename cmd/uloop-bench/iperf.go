@@ -10,6 +10,8 @@ import (
 	"fmt"
 	"strconv"
 	"time"
+
+	"github.com/uloop/uloop/netns"
 )
 
 // iperfReport is the part of iperf3's -J output the harness reads. Checked
@@ -121,26 +123,16 @@ func rawIperfEnd(b []byte) json.RawMessage {
 // clientArgs for the configured duration.
 func (h *harness) runIperf(ctx context.Context, n *netNS, clientArgs []string) (iperfFigures, json.RawMessage, error) {
 	port := h.nextPort()
-	srv := h.procs.command(ctx, n, "iperf3", "-s", "-1", "-B", "127.0.0.1", "-p", strconv.Itoa(port))
-	srvLog := &lineLog{max: 20}
-	srv.Stdout, srv.Stderr = srvLog, srvLog
-	if err := h.procs.start(srv); err != nil {
-		return iperfFigures{}, nil, fmt.Errorf("starting iperf3 server: %w", err)
+	srvLog := &netns.Output{Max: 20}
+	srv, err := startIn(ctx, n, srvLog, "iperf3", "-s", "-1", "-B", "127.0.0.1", "-p", strconv.Itoa(port))
+	if err != nil {
+		return iperfFigures{}, nil, err
 	}
-	srvDone := make(chan struct{})
-	go func() { h.procs.wait(srv); close(srvDone) }()
-	defer func() {
-		// The server exits by itself after its one test; it is
-		// killed if the client never reached it.
-		select {
-		case <-srvDone:
-		case <-time.After(3 * time.Second):
-			killGroup(srv)
-			<-srvDone
-		}
-	}()
-	if err := waitListening(ctx, n, srv.Process.Pid, port, srvDone, 10*time.Second); err != nil {
-		return iperfFigures{}, nil, fmt.Errorf("iperf3 server: %w\n%s", err, srvLog.tail(10))
+	// The server exits by itself after its one test, unless the client
+	// never reached it.
+	defer srv.Stop(3 * time.Second)
+	if err := srv.WaitListening(ctx, "tcp", port, 10*time.Second); err != nil {
+		return iperfFigures{}, nil, fmt.Errorf("iperf3 server: %w\n%s", err, srvLog.Tail(10))
 	}
 
 	secs := int(h.cfg.duration.Round(time.Second) / time.Second)
@@ -149,20 +141,17 @@ func (h *harness) runIperf(ctx context.Context, n *netNS, clientArgs []string) (
 	limit := h.cfg.duration + 30*time.Second
 	cctx, cancel := context.WithTimeout(ctx, limit)
 	defer cancel()
-	cli := h.procs.command(cctx, n, argv...)
-	var stdout, stderr bytes.Buffer
-	cli.Stdout, cli.Stderr = &stdout, &stderr
-	runErr := h.procs.run(cli)
+	stdout, runErr := runIn(cctx, n, argv...)
 	// A failed test still prints JSON with its reason in "error" (and
 	// iperf 3.12 may exit 0 all the same), so the JSON is read first.
-	f, perr := parseIperf(stdout.Bytes())
+	f, perr := parseIperf(stdout)
 	switch {
 	case cctx.Err() != nil && ctx.Err() == nil:
 		return f, nil, fmt.Errorf("iperf3 client did not finish within %v", limit)
-	case perr != nil && (runErr == nil || stdout.Len() > 0):
+	case perr != nil && (runErr == nil || len(stdout) > 0):
 		return f, nil, perr
 	case runErr != nil:
-		return f, nil, exitDetail(argv, runErr, stderr.Bytes())
+		return f, nil, runErr
 	}
-	return f, rawIperfEnd(stdout.Bytes()), nil
+	return f, rawIperfEnd(stdout), nil
 }

@@ -34,10 +34,11 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/vishvananda/netlink"
 )
 
 type config struct {
@@ -125,7 +126,6 @@ func parseFlags(args []string) (config, error) {
 type harness struct {
 	cfg    config
 	self   string // this binary, for the hidden subcommands
-	procs  *procs
 	kernel *netNS
 	uloop  *netNS
 	daemon *daemon
@@ -154,7 +154,7 @@ func run(cfg config) int {
 		fmt.Fprintf(os.Stderr, "uloop-bench: %v\n", err)
 		return 1
 	}
-	h := &harness{cfg: cfg, self: self, procs: newProcs()}
+	h := &harness{cfg: cfg, self: self}
 
 	// From here on a signal cancels ctx: the running command's process
 	// group is killed, the case loop stops, and teardown runs. Later
@@ -206,7 +206,7 @@ func nsName(n *netNS) string {
 	if n == nil {
 		return "(none)"
 	}
-	return n.name
+	return n.Name()
 }
 
 // preflight checks what the run needs before it changes anything.
@@ -250,28 +250,27 @@ func preflight(cfg *config) error {
 func (h *harness) setup(ctx context.Context, rep *report) error {
 	pid := os.Getpid()
 	var err error
-	if h.kernel, err = addNetns(fmt.Sprintf("ulb-%d-kernel", pid), "kernel"); err != nil {
+	if h.kernel, err = addNetns(pid, "kernel"); err != nil {
 		return err
 	}
-	if h.uloop, err = addNetns(fmt.Sprintf("ulb-%d-uloop", pid), "uloop"); err != nil {
+	if h.uloop, err = addNetns(pid, "uloop"); err != nil {
 		return err
 	}
-	// Equivalent to: ip -n NAME link set lo up. uloopd brings lo up in
-	// its own namespace.
-	if out, err := exec.Command("ip", "-n", h.kernel.name, "link", "set", "lo", "up").CombinedOutput(); err != nil {
-		return fmt.Errorf("ip -n %s link set lo up: %v: %s", h.kernel.name, err, out)
+	// uloopd brings lo up in its own namespace.
+	if err := h.kernel.Do(func() error { return netlink.LinkSetUp(&netlink.Device{LinkAttrs: netlink.LinkAttrs{Name: "lo"}}) }); err != nil {
+		return fmt.Errorf("lo up in %s: %w", h.kernel, err)
 	}
-	progress("starting %s in %s", h.cfg.uloopd, h.uloop.name)
-	if h.daemon, err = startDaemon(ctx, h.procs, h.uloop, h.cfg.uloopd); err != nil {
+	progress("starting %s in %s", h.cfg.uloopd, h.uloop)
+	if h.daemon, err = startDaemon(ctx, h.uloop, h.cfg.uloopd); err != nil {
 		return err
 	}
-	progress("uloopd ready after %.2f s (pid %d)", h.daemon.readyAt.Seconds(), h.daemon.pid())
-	rep.Daemon.PID = h.daemon.pid()
+	progress("uloopd ready after %.2f s (pid %d)", h.daemon.readyAt.Seconds(), h.daemon.p.Pid())
+	rep.Daemon.PID = h.daemon.p.Pid()
 	rep.Daemon.ReadySeconds = h.daemon.readyAt.Seconds()
 
 	var errs []error
 	for _, n := range []*netNS{h.kernel, h.uloop} {
-		rec := nsRecord{Name: n.name, TCPCongestionControl: n.sysctl("net.ipv4.tcp_congestion_control")}
+		rec := nsRecord{Name: n.Name(), TCPCongestionControl: n.sysctl("net.ipv4.tcp_congestion_control")}
 		rec.LoMTU, err = n.linkMTU("lo")
 		errs = append(errs, err)
 		if n == h.uloop {
@@ -285,77 +284,29 @@ func (h *harness) setup(ctx context.Context, rep *report) error {
 
 // finishDaemon records uloopd's peak memory while it still runs.
 func (h *harness) finishDaemon(rep *report) {
-	if h.daemon == nil || !h.daemon.running() {
+	if h.daemon == nil || h.daemon.p.Exited() {
 		return
 	}
-	if kib, err := procPeakRSS(h.daemon.pid()); err == nil {
+	if kib, err := procPeakRSS(h.daemon.p.Pid()); err == nil {
 		rep.Daemon.PeakRSSKiB = kib
 	}
 }
 
 // teardown stops uloopd (SIGTERM: it restores its namespace), kills every
-// process the harness started and any other process still in either
-// namespace, and deletes the namespaces. It runs on every way out of run.
+// process still in either namespace (whatever the harness started, and any
+// process that left its group or entered by itself) and deletes the
+// namespaces. It runs on every way out of run.
 func (h *harness) teardown() error {
 	var errs []error
 	if h.daemon != nil {
-		if err := h.daemon.stop(); err != nil {
-			errs = append(errs, err)
-		}
+		errs = append(errs, h.daemon.stop())
 	}
-	h.procs.killAll()
 	for _, n := range []*netNS{h.kernel, h.uloop} {
-		if n == nil {
-			continue
-		}
-		// Anything left in the namespace is the harness's: its name
-		// holds the harness's PID. A process that left its parent's
-		// group (a daemonizing tool) is found this way too.
-		if err := killNamespace(n, 5*time.Second); err != nil {
-			errs = append(errs, err)
-		}
-		if err := n.del(); err != nil {
-			errs = append(errs, err)
+		if n != nil {
+			errs = append(errs, n.KillAll(5*time.Second), n.Delete())
 		}
 	}
 	return errors.Join(errs...)
-}
-
-// killNamespace SIGKILLs every process in n until none is left.
-func killNamespace(n *netNS, timeout time.Duration) error {
-	deadline := time.Now().Add(timeout)
-	for {
-		pids := pidsIn(n)
-		if len(pids) == 0 {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("processes %v still in namespace %s after %v", pids, n.name, timeout)
-		}
-		for _, pid := range pids {
-			syscall.Kill(pid, syscall.SIGKILL)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
-// pidsIn lists the processes in namespace n.
-func pidsIn(n *netNS) []int {
-	if n.ino == 0 {
-		return nil
-	}
-	ents, _ := os.ReadDir("/proc")
-	var pids []int
-	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil || pid == os.Getpid() {
-			continue
-		}
-		if n.holds(pid) {
-			pids = append(pids, pid)
-		}
-	}
-	return pids
 }
 
 // progress prints one line of progress on stderr.

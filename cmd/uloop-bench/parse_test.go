@@ -173,31 +173,22 @@ func TestParsePingErrors(t *testing.T) {
 	}
 }
 
-func TestParseStatCPU(t *testing.T) {
-	// A real /proc/PID/stat line of uloopd, with its name changed to show
-	// that a ") " inside the name is handled: utime 1234, stime 567.
-	stat := "1823 (ulo) (pd x) S 1803 1823 1823 0 -1 4194560 6335 0 0 0 1234 567 0 0 20 0 9 0 117735 1285636096 12000 18446744073709551615 1 1 0 0 0 0 0 0 2143420159 0 0 0 17 1 0 0 0 0 0 0 0 0 0 0 0 0 0\n"
-	got, err := parseStatCPU([]byte(stat))
+// TestProcFigures checks the units of what the report takes from procfs,
+// on this process: CPU time that grows by what a busy loop burns, and a
+// peak RSS in KiB.
+func TestProcFigures(t *testing.T) {
+	cpu0, err := procCPU(os.Getpid())
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := (1234 + 567) * 10 * time.Millisecond; got != want {
-		t.Errorf("got %v, want %v", got, want)
+	for start := time.Now(); time.Since(start) < 100*time.Millisecond; {
 	}
-	for _, bad := range []string{"", "1 (x) S 1 2", "1 x S"} {
-		if _, err := parseStatCPU([]byte(bad)); err == nil {
-			t.Errorf("parseStatCPU(%q): got no error, want one", bad)
-		}
+	cpu1, err := procCPU(os.Getpid())
+	if d := cpu1 - cpu0; err != nil || d < 50*time.Millisecond || d > 5*time.Second {
+		t.Errorf("CPU time over a 100 ms busy loop: grew by %v (%v), want about 100ms", d, err)
 	}
-}
-
-func TestParseStatusKiB(t *testing.T) {
-	status := "Name:\tuloopd\nVmPeak:\t 1255504 kB\nVmHWM:\t   65072 kB\nVmRSS:\t   61000 kB\n"
-	if got, err := parseStatusKiB([]byte(status), "VmHWM"); err != nil || got != 65072 {
-		t.Errorf("VmHWM: got %d, %v; want 65072", got, err)
-	}
-	if _, err := parseStatusKiB([]byte("Name:\tx\n"), "VmHWM"); err == nil {
-		t.Error("no VmHWM line: got no error, want one")
+	if kib, err := procPeakRSS(os.Getpid()); err != nil || kib < 1024 || kib > 64<<20 {
+		t.Errorf("peak RSS: got %d KiB (%v), want a few MiB", kib, err)
 	}
 }
 

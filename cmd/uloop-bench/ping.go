@@ -65,15 +65,13 @@ func (h *harness) runPing(ctx context.Context, n *netNS) (pingResult, error) {
 	argv := []string{"ping", "-n", "-A", "-c", strconv.Itoa(h.cfg.pings), "-w", strconv.Itoa(deadline), "127.0.0.1"}
 	cctx, cancel := context.WithTimeout(ctx, time.Duration(deadline+10)*time.Second)
 	defer cancel()
-	cmd := h.procs.command(cctx, n, argv...)
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	if err := h.procs.run(cmd); err != nil {
+	stdout, err := runIn(cctx, n, argv...)
+	if err != nil {
 		// ping exits 1 when replies are missing: still an error here,
 		// a loopback loses nothing.
-		return pingResult{}, exitDetail(argv, err, append(stderr.Bytes(), lastLines(stdout.Bytes(), 3)...))
+		return pingResult{}, fmt.Errorf("%w%s", err, lastLines(stdout, 3))
 	}
-	r, err := parsePing(stdout.Bytes())
+	r, err := parsePing(stdout)
 	if err != nil {
 		return r, err
 	}

@@ -3,7 +3,6 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"debug/buildinfo"
 	"encoding/json"
@@ -16,6 +15,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/prometheus/procfs"
 	"golang.org/x/sys/unix"
 )
 
@@ -101,6 +101,9 @@ type runRecord struct {
 	WallSeconds      float64            `json:"wall_seconds"`
 	Values           map[string]float64 `json:"values,omitempty"`
 	DaemonCPUSeconds *float64           `json:"uloopd_cpu_seconds,omitempty"`
+	// DaemonTUNPackets is what uloopd read from ulo0 during the run
+	// (uloop_tun_rx_packets_total); a uloop run without any failed.
+	DaemonTUNPackets *float64 `json:"uloopd_tun_rx_packets,omitempty"`
 	// Raw is what the tool reported beyond Values: iperf3's "end"
 	// object, the ping or Go client's counts and percentiles.
 	Raw     any    `json:"raw,omitempty"`
@@ -347,16 +350,18 @@ func machineInfo() machine {
 	m := machine{
 		CPUs:          runtime.NumCPU(),
 		GoVersion:     runtime.Version(),
-		CPUModel:      procField("/proc/cpuinfo", "model name"),
+		CPUModel:      "unknown CPU",
 		Iperf3Version: firstOutputLine("iperf3", "--version"),
 		PingVersion:   firstOutputLine("ping", "-V"),
 		LoadAvgStart:  loadAvg(),
 	}
-	if m.CPUModel == "" {
-		m.CPUModel = "unknown CPU"
-	}
-	if kib, err := parseStatusKiB([]byte(readFile("/proc/meminfo")), "MemTotal"); err == nil {
-		m.MemTotalKiB = kib
+	if fs, err := procfs.NewDefaultFS(); err == nil {
+		if cpus, err := fs.CPUInfo(); err == nil && len(cpus) > 0 && cpus[0].ModelName != "" {
+			m.CPUModel = cpus[0].ModelName
+		}
+		if mem, err := fs.Meminfo(); err == nil && mem.MemTotal != nil {
+			m.MemTotalKiB = int64(*mem.MemTotal)
+		}
 	}
 	var u unix.Utsname
 	if unix.Uname(&u) == nil {
@@ -368,29 +373,17 @@ func machineInfo() machine {
 	return m
 }
 
-func readFile(path string) string {
-	b, _ := os.ReadFile(path)
-	return string(b)
-}
-
-// procField returns the value of the first "key : value" line in a /proc file.
-func procField(path, key string) string {
-	sc := bufio.NewScanner(strings.NewReader(readFile(path)))
-	for sc.Scan() {
-		k, v, ok := strings.Cut(sc.Text(), ":")
-		if ok && strings.TrimSpace(k) == key {
-			return strings.TrimSpace(v)
-		}
-	}
-	return ""
-}
-
+// loadAvg is the 1, 5 and 15 minute load averages, "" if unknown.
 func loadAvg() string {
-	f := strings.Fields(readFile("/proc/loadavg"))
-	if len(f) < 3 {
+	fs, err := procfs.NewDefaultFS()
+	if err != nil {
 		return ""
 	}
-	return strings.Join(f[:3], " ")
+	l, err := fs.LoadAvg()
+	if err != nil {
+		return ""
+	}
+	return fmt.Sprintf("%.2f %.2f %.2f", l.Load1, l.Load5, l.Load15)
 }
 
 func firstOutputLine(name string, args ...string) string {

@@ -410,7 +410,7 @@ func TestNiceTicks(t *testing.T) {
 
 // A warning keeps the run's figures; a failed check turns it into an error.
 func TestRunOneWarning(t *testing.T) {
-	h := &harness{kernel: &netNS{name: "k", side: "kernel"}}
+	h := &harness{kernel: &netNS{side: "kernel"}}
 	mk := func(v float64) benchCase {
 		return benchCase{Name: "w", Metrics: []metric{{Key: "per_s", Label: "connections", Higher: true}},
 			run: func(context.Context, *harness, *netNS) (map[string]float64, any, error) {

@@ -3,13 +3,11 @@
 package main
 
 // The TCP latency and connection-rate cases: a Go echo server and client,
-// each a hidden subcommand of this binary run inside the namespace through
-// `ip netns exec` (a process entirely in the namespace, so every socket and
-// goroutine is there; setns on one locked thread would hold only that
-// thread's sockets).
+// each a hidden subcommand of this binary started inside the namespace (a
+// process entirely in the namespace, so every socket and goroutine is there;
+// setns on one locked thread would hold only that thread's sockets).
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -18,10 +16,11 @@ import (
 	"io"
 	"net"
 	"os"
-	"os/exec"
 	"os/signal"
 	"syscall"
 	"time"
+
+	"github.com/uloop/uloop/netns"
 )
 
 const (
@@ -234,66 +233,46 @@ func tcpCRR(addr string, d time.Duration) (crrResult, error) {
 	return r, nil
 }
 
-// goServer is a running `_echo-server` in a namespace.
-type goServer struct {
-	cmd  *exec.Cmd
-	addr string
-	done chan struct{}
-}
-
-// startEchoServer starts `_echo-server` in n and waits for the port it prints
-// once it listens.
-func (h *harness) startEchoServer(ctx context.Context, n *netNS) (*goServer, error) {
+// startEchoServer starts `_echo-server` in n and returns the address it
+// prints once it listens; the caller stops it.
+func (h *harness) startEchoServer(ctx context.Context, n *netNS) (*netns.Process, string, error) {
 	portc := make(chan string, 1)
-	out := &lineLog{max: 20}
-	out.onLine = func(line string) {
+	out := &netns.Output{Max: 20, OnLine: func(line string) {
 		select {
 		case portc <- line:
 		default:
 		}
+	}}
+	p, err := startIn(ctx, n, out, h.self, cmdEchoServer)
+	if err != nil {
+		return nil, "", err
 	}
-	cmd := h.procs.command(ctx, n, h.self, cmdEchoServer)
-	cmd.Stdout, cmd.Stderr = out, out
-	if err := h.procs.start(cmd); err != nil {
-		return nil, fmt.Errorf("starting echo server: %w", err)
-	}
-	s := &goServer{cmd: cmd, done: make(chan struct{})}
-	go func() { h.procs.wait(cmd); close(s.done) }()
 	select {
-	case p := <-portc:
-		s.addr = net.JoinHostPort("127.0.0.1", p)
-		return s, nil
-	case <-s.done:
-		return nil, fmt.Errorf("echo server exited: %s", out.tail(10))
+	case port := <-portc:
+		return p, net.JoinHostPort("127.0.0.1", port), nil
+	case <-p.Done():
+		return nil, "", fmt.Errorf("echo server exited: %s", out.Tail(10))
 	case <-time.After(10 * time.Second):
-		s.stop()
-		return nil, errors.New("echo server did not start listening within 10s")
+		p.Kill()
+		return nil, "", errors.New("echo server did not start listening within 10s")
 	}
-}
-
-func (s *goServer) stop() {
-	killGroup(s.cmd)
-	<-s.done
 }
 
 // runGoClient runs a `_tcp-rr` or `_tcp-crr` client in n against a fresh
 // echo server and decodes the JSON it prints into res.
 func (h *harness) runGoClient(ctx context.Context, n *netNS, sub string, res any) error {
-	srv, err := h.startEchoServer(ctx, n)
+	srv, addr, err := h.startEchoServer(ctx, n)
 	if err != nil {
 		return err
 	}
-	defer srv.stop()
-	argv := []string{h.self, sub, "-addr", srv.addr, "-duration", h.cfg.duration.String()}
+	defer srv.Kill()
 	cctx, cancel := context.WithTimeout(ctx, h.cfg.duration+30*time.Second)
 	defer cancel()
-	cmd := h.procs.command(cctx, n, argv...)
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	if err := h.procs.run(cmd); err != nil {
-		return exitDetail(append([]string{"uloop-bench"}, argv[1:]...), err, stderr.Bytes())
+	stdout, err := runIn(cctx, n, h.self, sub, "-addr", addr, "-duration", h.cfg.duration.String())
+	if err != nil {
+		return err
 	}
-	if err := json.Unmarshal(stdout.Bytes(), res); err != nil {
+	if err := json.Unmarshal(stdout, res); err != nil {
 		return fmt.Errorf("%s output: %w", sub, err)
 	}
 	return nil
