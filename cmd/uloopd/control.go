@@ -15,23 +15,21 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/uloop/uloop/control"
 	"github.com/uloop/uloop/stack"
 	"golang.org/x/sys/unix"
 )
 
-// ControlSocket is the abstract unix socket uloopd serves its control HTTP
-// on. Abstract sockets belong to a network namespace, so binding it is also
-// the lock that allows one uloopd per namespace, and it vanishes with the
-// process however that ends: nothing to clean up after a SIGKILL.
-const ControlSocket = "@uloopd"
-
-// listenControl binds the control socket. Only root, and members of group
+// listenControl binds the control socket (control.Socket). Abstract sockets
+// belong to a network namespace, so binding it is also the lock that allows
+// one uloopd per namespace, and it vanishes with the process however that
+// ends: nothing to clean up after a SIGKILL. Only root, and members of group
 // (if >= 0), get past Accept: abstract sockets have no file permissions, so
 // the peer's credentials are checked instead.
 func listenControl(group int) (net.Listener, error) {
-	ln, err := net.Listen("unix", ControlSocket)
+	ln, err := net.Listen("unix", control.Socket)
 	if errors.Is(err, syscall.EADDRINUSE) {
-		return nil, errors.New("another uloopd is already running in this network namespace (control socket " + ControlSocket + " is taken)")
+		return nil, errors.New("another uloopd is already running in this network namespace (control socket " + control.Socket + " is taken)")
 	}
 	if err != nil {
 		return nil, fmt.Errorf("binding control socket: %w", err)
