@@ -366,12 +366,14 @@ func TestGoClients(t *testing.T) {
 			}()
 		}
 	}()
-	rr, err := tcpRR(l.Addr().String(), 200*time.Millisecond)
-	if err != nil {
-		t.Fatalf("tcpRR: %v", err)
-	}
-	if rr.Count == 0 || rr.PerSecond <= 0 || rr.Latency.P50US <= 0 || rr.Latency.P99US < rr.Latency.P50US {
-		t.Errorf("tcpRR: got %+v, want round trips with p99 >= p50 > 0", rr)
+	for _, conns := range []int{1, 16} {
+		rr, err := tcpRR(l.Addr().String(), 200*time.Millisecond, conns)
+		if err != nil {
+			t.Fatalf("tcpRR, %d connections: %v", conns, err)
+		}
+		if rr.Connections != conns || rr.Count == 0 || rr.PerSecond <= 0 || rr.Latency.P50US <= 0 || rr.Latency.P99US < rr.Latency.P50US {
+			t.Errorf("tcpRR: got %+v, want round trips on %d connections with p99 >= p50 > 0", rr, conns)
+		}
 	}
 	crr, err := tcpCRR(l.Addr().String(), 200*time.Millisecond)
 	if err != nil {
@@ -436,8 +438,10 @@ func TestCaseCommands(t *testing.T) {
 		"tcp-4":         "iperf3 -c 127.0.0.1 -t T -J -P 4",
 		"udp-1400":      "iperf3 -c 127.0.0.1 -t T -J -u -b 0 -l 1400",
 		"udp-32k":       "iperf3 -c 127.0.0.1 -t T -J -u -b 0 -l 32768",
+		"udp-1400-300m": "iperf3 -c 127.0.0.1 -t T -J -u -b 300M -l 1400",
 		"ping":          "ping -n -A -c N 127.0.0.1",
 		"tcp-rr":        "uloop-bench _tcp-rr -duration T, against uloop-bench _echo-server",
+		"tcp-rr-16":     "uloop-bench _tcp-rr -duration T -conns 16, against uloop-bench _echo-server",
 		"tcp-crr":       "uloop-bench _tcp-crr -duration T, against uloop-bench _echo-server",
 	}
 	if len(cases) != len(want) {

@@ -30,12 +30,14 @@ const (
 )
 
 // rrResult is what `_tcp-rr` prints: 1-byte request/response round trips on
-// one connection.
+// one connection, or on several at once (each in its own goroutine, as a
+// connection pool of a database or cache client uses them).
 type rrResult struct {
-	Count     int            `json:"count"`
-	Seconds   float64        `json:"seconds"`
-	PerSecond float64        `json:"per_second"`
-	Latency   latencySummary `json:"latency"`
+	Connections int            `json:"connections"`
+	Count       int            `json:"count"`
+	Seconds     float64        `json:"seconds"`
+	PerSecond   float64        `json:"per_second"`
+	Latency     latencySummary `json:"latency"`
 }
 
 // crrResult is what `_tcp-crr` prints: connections each opened, used for one
@@ -62,12 +64,13 @@ func subcommand(args []string) (handled bool, code int) {
 		fs := flag.NewFlagSet(args[0], flag.ContinueOnError)
 		addr := fs.String("addr", "", "server address")
 		d := fs.Duration("duration", 5*time.Second, "how long to measure")
+		conns := fs.Int("conns", 1, "connections at once (_tcp-rr)")
 		if err := fs.Parse(args[1:]); err != nil {
 			return true, 2
 		}
 		var res any
 		if args[0] == cmdTCPRR {
-			res, err = tcpRR(*addr, *d)
+			res, err = tcpRR(*addr, *d, *conns)
 		} else {
 			res, err = tcpCRR(*addr, *d)
 		}
@@ -135,42 +138,77 @@ func roundTrip(c net.Conn, b []byte) error {
 	return err
 }
 
-// tcpRR measures round trips of 1 byte on one TCP_NODELAY connection for d,
-// after a short warm-up.
-func tcpRR(addr string, d time.Duration) (rrResult, error) {
-	c, err := net.DialTimeout("tcp4", addr, 5*time.Second)
-	if err != nil {
-		return rrResult{}, err
+// tcpRR measures round trips of 1 byte on conns TCP_NODELAY connections at
+// once for d, each connection after a short warm-up of its own; every
+// connection's round trips count, and the rate is their sum.
+func tcpRR(addr string, d time.Duration, conns int) (rrResult, error) {
+	if conns < 1 {
+		return rrResult{}, fmt.Errorf("-conns %d: want at least 1", conns)
 	}
-	defer c.Close()
-	// Go sets TCP_NODELAY on every TCP connection; said here because the
-	// case is about it.
-	if err := c.(*net.TCPConn).SetNoDelay(true); err != nil {
-		return rrResult{}, err
-	}
-	b := []byte{'x'}
-	for range 200 {
-		if err := roundTrip(c, b); err != nil {
-			return rrResult{}, fmt.Errorf("warm-up: %w", err)
+	cs := make([]net.Conn, 0, conns)
+	defer func() {
+		for _, c := range cs {
+			c.Close()
+		}
+	}()
+	for range conns {
+		c, err := net.DialTimeout("tcp4", addr, 5*time.Second)
+		if err != nil {
+			return rrResult{}, err
+		}
+		cs = append(cs, c)
+		// Go sets TCP_NODELAY on every TCP connection; said here
+		// because the case is about it.
+		if err := c.(*net.TCPConn).SetNoDelay(true); err != nil {
+			return rrResult{}, err
+		}
+		b := []byte{'x'}
+		for range 200 {
+			if err := roundTrip(c, b); err != nil {
+				return rrResult{}, fmt.Errorf("warm-up: %w", err)
+			}
 		}
 	}
-	samples := make([]time.Duration, 0, 1<<16)
+	type result struct {
+		samples []time.Duration
+		err     error
+	}
+	results := make(chan result, conns)
 	start := time.Now()
 	end := start.Add(d)
-	for t0 := start; t0.Before(end); {
-		if err := roundTrip(c, b); err != nil {
-			return rrResult{}, fmt.Errorf("after %d round trips: %w", len(samples), err)
-		}
-		t1 := time.Now()
-		samples = append(samples, t1.Sub(t0))
-		t0 = t1
+	for _, c := range cs {
+		go func() {
+			b := []byte{'x'}
+			samples := make([]time.Duration, 0, 1<<16)
+			for t0 := time.Now(); t0.Before(end); {
+				if err := roundTrip(c, b); err != nil {
+					results <- result{err: fmt.Errorf("after %d round trips: %w", len(samples), err)}
+					return
+				}
+				t1 := time.Now()
+				samples = append(samples, t1.Sub(t0))
+				t0 = t1
+			}
+			results <- result{samples: samples}
+		}()
+	}
+	var all []time.Duration
+	var errs []error
+	for range cs {
+		r := <-results
+		all = append(all, r.samples...)
+		errs = append(errs, r.err)
+	}
+	if err := errors.Join(errs...); err != nil {
+		return rrResult{}, err
 	}
 	secs := time.Since(start).Seconds()
 	return rrResult{
-		Count:     len(samples),
-		Seconds:   secs,
-		PerSecond: float64(len(samples)) / secs,
-		Latency:   summarizeDurations(samples),
+		Connections: conns,
+		Count:       len(all),
+		Seconds:     secs,
+		PerSecond:   float64(len(all)) / secs,
+		Latency:     summarizeDurations(all),
 	}, nil
 }
 
@@ -259,8 +297,9 @@ func (h *harness) startEchoServer(ctx context.Context, n *netNS) (*netns.Process
 }
 
 // runGoClient runs a `_tcp-rr` or `_tcp-crr` client in n against a fresh
-// echo server and decodes the JSON it prints into res.
-func (h *harness) runGoClient(ctx context.Context, n *netNS, sub string, res any) error {
+// echo server, with extra flags args, and decodes the JSON it prints into
+// res.
+func (h *harness) runGoClient(ctx context.Context, n *netNS, sub string, res any, args ...string) error {
 	srv, addr, err := h.startEchoServer(ctx, n)
 	if err != nil {
 		return err
@@ -268,7 +307,7 @@ func (h *harness) runGoClient(ctx context.Context, n *netNS, sub string, res any
 	defer srv.Kill()
 	cctx, cancel := context.WithTimeout(ctx, h.cfg.duration+30*time.Second)
 	defer cancel()
-	stdout, err := runIn(cctx, n, h.self, sub, "-addr", addr, "-duration", h.cfg.duration.String())
+	stdout, err := runIn(cctx, n, append([]string{h.self, sub, "-addr", addr, "-duration", h.cfg.duration.String()}, args...)...)
 	if err != nil {
 		return err
 	}
