@@ -299,8 +299,8 @@ func (r *relay) handleTCP(req *tcp.ForwarderRequest) {
 		}
 		r.wg.Done()
 	}
-	go func() { defer done(); r.pipeTCP(f, f.a, f.b) }()
-	go func() { defer done(); r.pipeTCP(f, f.b, f.a) }()
+	r.startTCPPump(f, f.a, f.b, done)
+	r.startTCPPump(f, f.b, f.a, done)
 }
 
 // dialTCP connects from the client's address to the server through the TUN
@@ -355,37 +355,37 @@ func (r *relay) retireTimeWait(client, server tcpip.FullAddress) {
 	}
 }
 
-// pipeTCP copies src to dst until src's peer closes its write side (then it
-// shuts dst's write side, carrying the half-close) or either side fails
-// (then it aborts the flow, so a RST on one side becomes a RST on the other).
-func (r *relay) pipeTCP(f *tcpFlow, src, dst conn) {
-	readable, stopIn := src.notify(waiter.ReadableEvents | waiter.EventHUp | waiter.EventErr)
-	defer stopIn()
+// startTCPPump starts the pump that copies src to dst until src's peer
+// closes its write side (then it shuts dst's write side, carrying the
+// half-close) or either side fails (then it aborts the flow, so a RST on one
+// side becomes a RST on the other); done runs when it has.
+func (r *relay) startTCPPump(f *tcpFlow, src, dst conn, done func()) {
 	writable, stopOut := dst.notify(waiter.WritableEvents | waiter.EventHUp | waiter.EventErr)
-	defer stopOut()
-
 	var rd bytes.Reader
-	for {
-		bp, n, err := r.read(src)
-		switch err.(type) {
-		case nil:
-		case *tcpip.ErrWouldBlock:
-			<-readable
-			continue
-		case *tcpip.ErrClosedForReceive:
-			dst.ep.Shutdown(tcpip.ShutdownWrite)
-			return
-		default:
-			f.abort()
-			return
-		}
-		ok := writeAll(dst, (*bp)[:n], &rd, writable)
-		r.bufs.Put(bp)
-		if !ok {
-			f.abort()
-			return
+	p := &pump{src: src, finish: func() { stopOut(); done() }}
+	p.drain = func() bool {
+		for {
+			bp, n, err := r.read(src)
+			switch err.(type) {
+			case nil:
+			case *tcpip.ErrWouldBlock:
+				return false
+			case *tcpip.ErrClosedForReceive:
+				dst.ep.Shutdown(tcpip.ShutdownWrite)
+				return true
+			default:
+				f.abort()
+				return true
+			}
+			ok := writeAll(dst, (*bp)[:n], &rd, writable)
+			r.bufs.Put(bp)
+			if !ok {
+				f.abort()
+				return true
+			}
 		}
 	}
+	p.start()
 }
 
 // writeAll writes data into dst's send buffer, waiting for room as needed;
@@ -532,7 +532,7 @@ func (r *relay) handleUDP(req *udp.ForwarderRequest) bool {
 		r.wg.Done()
 	}
 	for _, p := range ps {
-		go func() { defer done(); r.pipeUDP(f, p[0], p[1]) }()
+		r.startUDPPump(f, p[0], p[1], done)
 	}
 	return true
 }
@@ -552,39 +552,41 @@ func (r *relay) expireUDP(f *udpFlow) {
 	}
 }
 
-// pipeUDP copies datagrams from src to dst, one Write per datagram so that
-// boundaries are kept, until the flow ends.
-func (r *relay) pipeUDP(f *udpFlow, src, dst conn) {
-	readable, stopIn := src.notify(waiter.ReadableEvents | waiter.EventHUp | waiter.EventErr)
-	defer stopIn()
-
+// startUDPPump starts the pump that copies datagrams from src to dst, one
+// Write per datagram so that boundaries are kept, until the flow ends; done
+// runs when it has.
+func (r *relay) startUDPPump(f *udpFlow, src, dst conn, done func()) {
 	var rd bytes.Reader
-	for {
-		bp, n, err := r.read(src)
-		switch err.(type) {
-		case nil:
-		case *tcpip.ErrWouldBlock:
-			<-readable
-			continue
-		case *tcpip.ErrClosedForReceive, *tcpip.ErrInvalidEndpointState:
-			return
-		case *tcpip.ErrConnectionRefused:
-			// An ICMP error that reached the endpoint does not end the
-			// flow, as it does not end a connected kernel socket.
-			continue
-		default:
-			r.log.Debug("udp relay read failed", "err", err)
-			f.end()
-			return
+	p := &pump{src: src, finish: done}
+	p.drain = func() bool {
+		for {
+			bp, n, err := r.read(src)
+			switch err.(type) {
+			case nil:
+			case *tcpip.ErrWouldBlock:
+				return false
+			case *tcpip.ErrClosedForReceive, *tcpip.ErrInvalidEndpointState:
+				return true
+			case *tcpip.ErrConnectionRefused:
+				// An ICMP error that reached the endpoint does not end
+				// the flow, as it does not end a connected kernel socket.
+				continue
+			default:
+				r.log.Debug("udp relay read failed", "err", err)
+				f.end()
+				return true
+			}
+			f.touch()
+			rd.Reset((*bp)[:n])
+			// Like any UDP sender, drop the datagram if it does not fit
+			// now.
+			if _, err := dst.ep.Write(&rd, tcpip.WriteOptions{}); err != nil {
+				r.metrics.DroppedPackets.Add(1)
+			}
+			r.bufs.Put(bp)
 		}
-		f.touch()
-		rd.Reset((*bp)[:n])
-		// Like any UDP sender, drop the datagram if it does not fit now.
-		if _, err := dst.ep.Write(&rd, tcpip.WriteOptions{}); err != nil {
-			r.metrics.DroppedPackets.Add(1)
-		}
-		r.bufs.Put(bp)
 	}
+	p.start()
 }
 
 func fmtAddr(a tcpip.FullAddress) string {

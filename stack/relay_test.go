@@ -278,6 +278,12 @@ func TestEchoAnyAddress(t *testing.T) {
 			t.Fatalf("no echo reply for %v", dst)
 		}
 	}
+	// The responder counts a reply once it is written: the test may
+	// have read it a moment before.
+	deadline := time.Now().Add(time.Second)
+	for s.Metrics().ICMPEchoReplies.Load() < 2 && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
 	if got := s.Metrics().ICMPEchoReplies.Load(); got != 2 {
 		t.Errorf("ICMPEchoReplies = %d, want 2", got)
 	}
