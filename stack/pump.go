@@ -87,6 +87,8 @@ func (p *pump) run() {
 		if p.linger() {
 			continue
 		}
+		// The timer has fired; an idle pump keeps none.
+		p.timer = nil
 		p.state.Store(pumpIdle)
 		// An event between drain's last read and the store above found
 		// the pump running and started nothing: look again.
