@@ -5,8 +5,10 @@ import (
 	"net"
 	"testing"
 
+	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
+	gstack "gvisor.dev/gvisor/pkg/tcpip/stack"
 )
 
 // relayedConn returns a client connection of the fake kernel to an echo
@@ -17,19 +19,7 @@ func relayedConn(b *testing.B) (net.Conn, *Stack) {
 	k := newFakeKernel(b, 65535)
 	s := newTestStack(b, k, Config{})
 	addr := addr4(127, 0, 0, 1, 7000)
-	ln, err := gonet.ListenTCP(k.gv, addr, ipv4.ProtocolNumber)
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { ln.Close() })
-	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			return
-		}
-		defer c.Close()
-		io.Copy(c, c)
-	}()
+	echoServer(b, k.gv, addr, ipv4.ProtocolNumber)
 	c, err := gonet.DialTCP(k.gv, addr, ipv4.ProtocolNumber)
 	if err != nil {
 		b.Fatal(err)
@@ -78,4 +68,23 @@ func BenchmarkRelayThroughput(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+}
+
+// echoServer serves one TCP connection on addr of gv, echoing what it reads;
+// it stops listening when the test ends.
+func echoServer(tb testing.TB, gv *gstack.Stack, addr tcpip.FullAddress, proto tcpip.NetworkProtocolNumber) {
+	tb.Helper()
+	ln, err := gonet.ListenTCP(gv, addr, proto)
+	if err != nil {
+		tb.Fatalf("listen %v: %v", addr, err)
+	}
+	tb.Cleanup(func() { ln.Close() })
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		io.Copy(c, c)
+	}()
 }

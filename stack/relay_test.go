@@ -379,19 +379,7 @@ func TestUDPToItself(t *testing.T) {
 func TestIPv6LoopbackInStack(t *testing.T) {
 	k := newFakeKernel(t, 65535)
 	s := newTestStack(t, k, Config{})
-	ln, err := gonet.ListenTCP(s.gv, tcpip.FullAddress{Addr: header.IPv6Loopback, Port: 80}, ipv6.ProtocolNumber)
-	if err != nil {
-		t.Fatalf("listen [::1]:80: %v", err)
-	}
-	defer ln.Close()
-	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			return
-		}
-		defer c.Close()
-		io.Copy(c, c)
-	}()
+	echoServer(t, s.gv, tcpip.FullAddress{Addr: header.IPv6Loopback, Port: 80}, ipv6.ProtocolNumber)
 	c, err := gonet.DialTCP(s.gv, tcpip.FullAddress{Addr: header.IPv6Loopback, Port: 80}, ipv6.ProtocolNumber)
 	if err != nil {
 		t.Fatalf("dial [::1]:80: %v", err)
