@@ -28,9 +28,11 @@ TEST_EXEC := $(if $(SUDO),-exec 'sudo env PATH=$(ROOT_PATH)')
 all: build
 
 # CGO_ENABLED=0: uloopd drops capabilities on all threads with
-# syscall.AllThreadsSyscall, which a cgo binary cannot do.
+# syscall.AllThreadsSyscall, which a cgo binary cannot do, and uloop run
+# clears the ones its command could inherit the same way.
 build:
 	CGO_ENABLED=0 $(GO) build -o $(BIN)/uloopd ./cmd/uloopd
+	CGO_ENABLED=0 $(GO) build -o $(BIN)/uloop ./cmd/uloop
 	$(GO) build -o $(BIN)/uloop-bench ./cmd/uloop-bench
 
 vet:

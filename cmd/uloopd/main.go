@@ -120,7 +120,7 @@ func serve(o options, rcfg route.Config, log *slog.Logger) (err error) {
 	st := lb.Stack
 	go loopback.Serve(ctl, st, log)
 
-	if err := dropCapabilities(); errors.Is(err, errCapsNeedNoCgo) {
+	if err := loopback.DropCapabilities(); errors.Is(err, loopback.ErrCapsNeedNoCgo) {
 		log.Warn("keeping all capabilities", "err", err)
 	} else if err != nil {
 		return fmt.Errorf("dropping capabilities: %w", err)
