@@ -182,26 +182,23 @@ func (s *session) serve(path string) error {
 }
 
 // close kills what is left in the namespace (CMD's process group, and any
-// process that left it), then takes the loopback down and removes the
-// status socket. The namespace itself goes when the last process in it
-// ends, that is when this one exits.
+// process that left it) and removes the status socket. The data path is not
+// taken down: with no program left in the namespace there is nobody to
+// reset connections for, and when this process exits the kernel deletes
+// the TUN device with its routes and, the last process gone, the namespace.
+// (Closing the stack took 15 to 25 ms here, a fifth of `uloop run -- true`.)
 func (s *session) close() error {
-	var errs []error
 	if s.cmdPid > 0 {
 		unix.Kill(-s.cmdPid, unix.SIGKILL)
 	}
-	if here, err := netns.Current(); err == nil {
-		errs = append(errs, here.KillAll(5*time.Second))
+	here, err := netns.Current()
+	if err == nil {
+		err = here.KillAll(5 * time.Second)
 		here.Close()
-	} else {
-		errs = append(errs, err)
 	}
 	if s.ln != nil {
 		s.ln.Close()
 		os.Remove(s.sock)
 	}
-	if s.lb != nil {
-		errs = append(errs, s.lb.Close())
-	}
-	return errors.Join(errs...)
+	return err
 }
