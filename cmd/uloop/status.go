@@ -162,6 +162,9 @@ func (st *status) read(ctx context.Context, c *control.Client) {
 	m, err := c.Metrics(ctx)
 	if err == nil {
 		st.Flows, err = c.Flows(ctx)
+		if err != nil && strings.Contains(err.Error(), "404 Not Found") {
+			err = nil // a uloopd from before /flows: counters only
+		}
 	}
 	if err != nil {
 		st.Error = err.Error()
