@@ -63,7 +63,7 @@ conformance: deps build sudo-ok
 	$(GO) test -count=1 -v $(TEST_EXEC) -run '^TestGoNetConformance$$' ./integration/
 
 unit-test:
-	$(GO) test -count=1 ./tundev/... ./stack/... ./route/...
+	$(GO) test -count=1 ./tundev/... ./stack/... ./route/... ./cmd/uloop/
 
 # The harness writes its report into bench-out/ (--out) as root; it is given
 # back to the user.
