@@ -28,9 +28,11 @@ TEST_EXEC := $(if $(SUDO),-exec 'sudo env PATH=$(ROOT_PATH)')
 all: build
 
 # CGO_ENABLED=0: uloopd drops capabilities on all threads with
-# syscall.AllThreadsSyscall, which a cgo binary cannot do.
+# syscall.AllThreadsSyscall, which a cgo binary cannot do, and uloop run
+# clears the ones its command could inherit the same way.
 build:
 	CGO_ENABLED=0 $(GO) build -o $(BIN)/uloopd ./cmd/uloopd
+	CGO_ENABLED=0 $(GO) build -o $(BIN)/uloop ./cmd/uloop
 	$(GO) build -o $(BIN)/uloop-bench ./cmd/uloop-bench
 
 vet:
@@ -61,7 +63,7 @@ conformance: deps build sudo-ok
 	$(GO) test -count=1 -v $(TEST_EXEC) -run '^TestGoNetConformance$$' ./integration/
 
 unit-test:
-	$(GO) test -count=1 ./tundev/... ./stack/... ./route/...
+	$(GO) test -count=1 ./tundev/... ./stack/... ./route/... ./cmd/uloop/
 
 # The harness writes its report into bench-out/ (--out) as root; it is given
 # back to the user.

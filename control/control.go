@@ -1,11 +1,13 @@
-// Package control is the client of uloopd's control socket: the abstract
-// unix socket @uloopd in the daemon's network namespace, which serves HTTP
-// (GET /metrics in the Prometheus exposition format, /debug/pprof/). The
-// tests, the benchmark and `uloop status` read the daemon through it.
+// Package control is the client of uloop's control sockets: uloopd's, the
+// abstract unix socket @uloopd in the daemon's network namespace, and each
+// `uloop run` session's, a unix socket file. Both serve HTTP: GET /metrics
+// in the Prometheus exposition format, /flows (JSON, Flow), /debug/pprof/.
+// The tests, the benchmark and `uloop status` read uloop through it.
 package control
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -29,13 +31,25 @@ const Socket = "@uloopd"
 // called from any goroutine.
 type Client struct {
 	ns   *netns.Namespace
+	addr string // the socket: Socket, or a file's path
 	http *http.Client
 }
 
 // New returns a client for the daemon in namespace ns (nil: the caller's
 // own). Every request has at most timeout, and a connection of its own.
 func New(ns *netns.Namespace, timeout time.Duration) *Client {
-	c := &Client{ns: ns}
+	return newClient(ns, Socket, timeout)
+}
+
+// NewPath returns a client for the control socket file at path, such as a
+// `uloop run` session's. A socket file is found through the file system, so
+// it is dialed from the caller's own namespace.
+func NewPath(path string, timeout time.Duration) *Client {
+	return newClient(nil, path, timeout)
+}
+
+func newClient(ns *netns.Namespace, addr string, timeout time.Duration) *Client {
+	c := &Client{ns: ns, addr: addr}
 	c.http = &http.Client{Timeout: timeout, Transport: &http.Transport{
 		DisableKeepAlives: true,
 		DialContext:       func(ctx context.Context, _, _ string) (net.Conn, error) { return c.dial(ctx) },
@@ -46,11 +60,11 @@ func New(ns *netns.Namespace, timeout time.Duration) *Client {
 func (c *Client) dial(ctx context.Context) (net.Conn, error) {
 	var d net.Dialer
 	if c.ns == nil {
-		return d.DialContext(ctx, "unix", Socket)
+		return d.DialContext(ctx, "unix", c.addr)
 	}
 	var conn net.Conn
 	err := c.ns.Do(func() (err error) {
-		conn, err = d.DialContext(ctx, "unix", Socket)
+		conn, err = d.DialContext(ctx, "unix", c.addr)
 		return err
 	})
 	return conn, err
@@ -74,21 +88,51 @@ func (c *Client) get(ctx context.Context, path string) (*http.Response, error) {
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {
-		return nil, fmt.Errorf("control socket %s in %s: %w", Socket, c.where(), err)
+		return nil, fmt.Errorf("%s: %w", c.where(), err)
 	}
 	if resp.StatusCode != http.StatusOK {
 		b, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
 		resp.Body.Close()
-		return nil, fmt.Errorf("control socket %s in %s: GET %s: %s: %s", Socket, c.where(), path, resp.Status, b)
+		return nil, fmt.Errorf("%s: GET %s: %s: %s", c.where(), path, resp.Status, b)
 	}
 	return resp, nil
 }
 
 func (c *Client) where() string {
-	if c.ns == nil {
-		return "this namespace"
+	switch {
+	case c.addr != Socket:
+		return "control socket " + c.addr
+	case c.ns == nil:
+		return "control socket " + Socket + " in this namespace"
 	}
-	return "namespace " + c.ns.String()
+	return "control socket " + Socket + " in namespace " + c.ns.String()
+}
+
+// Flow is one relayed TCP connection or UDP flow, as GET /flows lists them
+// (a JSON array).
+type Flow struct {
+	Proto  string `json:"proto"`  // "tcp" or "udp"
+	Client string `json:"client"` // address:port
+	Server string `json:"server"`
+	// Bytes relayed from the client to the server, and back.
+	ToServer uint64  `json:"bytes_to_server"`
+	ToClient uint64  `json:"bytes_to_client"`
+	Age      float64 `json:"age_seconds"`
+	// State is the TCP state of uloop's end facing the client; "" for UDP.
+	State string `json:"state,omitempty"`
+}
+
+// Flows fetches the flows being relayed.
+func (c *Client) Flows(ctx context.Context) ([]Flow, error) {
+	b, err := c.Get(ctx, "/flows")
+	if err != nil {
+		return nil, err
+	}
+	var flows []Flow
+	if err := json.Unmarshal(b, &flows); err != nil {
+		return nil, fmt.Errorf("parsing /flows: %w", err)
+	}
+	return flows, nil
 }
 
 // Metrics is one scrape of /metrics: the metric families by name.

@@ -191,7 +191,7 @@ func (e *linkEndpoint) readLoop(d stack.NetworkDispatcher) {
 	bufs := make([][]byte, batch)
 	sizes := make([]int, batch)
 	fill := func(i int) {
-		views[i] = buffer.NewViewSize(int(e.mtu))
+		views[i] = buffer.NewViewSize(tundev.SlotSize(i, int(e.mtu)))
 		bufs[i] = views[i].AsSlice()
 	}
 	for i := range views {

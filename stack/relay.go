@@ -65,6 +65,36 @@ type relay struct {
 type flow interface {
 	// abort ends the flow at once (a RST to both peers for TCP).
 	abort()
+	// info describes the flow now.
+	info() Flow
+}
+
+// flowStats is what every flow counts: when it started and the bytes
+// relayed each way, [0] from the client to the server, [1] back. One atomic
+// add per copy (up to relayBufferSize bytes), not per packet.
+type flowStats struct {
+	start time.Time
+	bytes [2]atomic.Uint64
+}
+
+// count adds n bytes read from src, one end of the flow whose client-facing
+// end is a.
+func (s *flowStats) count(a, src conn, n int) {
+	dir := 1
+	if src == a {
+		dir = 0
+	}
+	s.bytes[dir].Add(uint64(n))
+}
+
+func (s *flowStats) info(proto string, client, server tcpip.FullAddress) Flow {
+	return Flow{
+		Proto:  proto,
+		Client: addrPort(client), Server: addrPort(server),
+		Start:          s.start,
+		ClientToServer: s.bytes[0].Load(),
+		ServerToClient: s.bytes[1].Load(),
+	}
 }
 
 func newRelay(gv *stack.Stack, cfg Config) *relay {
@@ -127,6 +157,17 @@ func (r *relay) tcpConnections() []Conn {
 		}
 	}
 	return conns
+}
+
+// list describes every live flow.
+func (r *relay) list() []Flow {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	flows := make([]Flow, 0, len(r.flows))
+	for f := range r.flows {
+		flows = append(flows, f.info())
+	}
+	return flows
 }
 
 func addrPort(a tcpip.FullAddress) netip.AddrPort {
@@ -222,6 +263,13 @@ func (r *relay) newMirrorEndpoint(proto tcpip.TransportProtocolNumber, client tc
 type tcpFlow struct {
 	a, b           conn // a faces the client, b the server
 	client, server tcpip.FullAddress
+	stats          flowStats
+}
+
+func (f *tcpFlow) info() Flow {
+	fl := f.stats.info("tcp", f.client, f.server)
+	fl.State = tcp.EndpointState(f.a.ep.State()).String()
+	return fl
 }
 
 func (f *tcpFlow) abort() {
@@ -270,7 +318,7 @@ func (r *relay) handleTCP(req *tcp.ForwarderRequest) {
 		return
 	}
 	req.Complete(false)
-	f := &tcpFlow{a: conn{ep: aep, wq: aq}, b: b, client: client, server: server}
+	f := &tcpFlow{a: conn{ep: aep, wq: aq}, b: b, client: client, server: server, stats: flowStats{start: time.Now()}}
 	// The kernel peers already decided how to batch their writes; the
 	// relay forwards whatever it has at once.
 	f.a.ep.SocketOptions().SetDelayOption(false)
@@ -377,6 +425,7 @@ func (r *relay) startTCPPump(f *tcpFlow, src, dst conn, done func()) {
 				f.abort()
 				return true
 			}
+			f.stats.count(f.a, src, n)
 			ok := writeAll(dst, (*bp)[:n], &rd, writable)
 			r.bufs.Put(bp)
 			if !ok {
@@ -411,8 +460,10 @@ func writeAll(dst conn, data []byte, rd *bytes.Reader, writable <-chan struct{})
 // udpFlow is a relayed UDP flow; it ends after cfg.UDPIdleTimeout without a
 // datagram in either direction.
 type udpFlow struct {
-	a, b  conn
-	timer *time.Timer
+	a, b           conn
+	client, server tcpip.FullAddress
+	timer          *time.Timer
+	stats          flowStats
 
 	mu sync.Mutex
 	// lastSeen is when a datagram last crossed, either way.
@@ -446,6 +497,8 @@ func (f *udpFlow) end() bool {
 }
 
 func (f *udpFlow) abort() { f.end() }
+
+func (f *udpFlow) info() Flow { return f.stats.info("udp", f.client, f.server) }
 
 // handleUDPPacket is the stack's handler for UDP packets that match no
 // endpoint: the first datagram of each new flow. It does what
@@ -505,7 +558,8 @@ func (r *relay) handleUDP(req *udp.ForwarderRequest) bool {
 	if self {
 		b = a
 	}
-	f := &udpFlow{a: a, b: b, lastSeen: time.Now()}
+	now := time.Now()
+	f := &udpFlow{a: a, b: b, client: client, server: server, lastSeen: now, stats: flowStats{start: now}}
 	for _, c := range ends(f.a, f.b) {
 		c.ep.SocketOptions().SetReceiveBufferSize(udpRcvBuf, true)
 	}
@@ -577,6 +631,7 @@ func (r *relay) startUDPPump(f *udpFlow, src, dst conn, done func()) {
 				return true
 			}
 			f.touch()
+			f.stats.count(f.a, src, n)
 			rd.Reset((*bp)[:n])
 			// Like any UDP sender, drop the datagram if it does not fit
 			// now.

@@ -487,3 +487,63 @@ func TestMaxFlowsUDP(t *testing.T) {
 		t.Errorf("FlowsRejected = %d, want 1", got)
 	}
 }
+
+// TestFlows: Flows lists a live TCP connection and UDP flow with the
+// client's and server's addresses and the bytes relayed each way.
+func TestFlows(t *testing.T) {
+	k := newFakeKernel(t, 65535)
+	s := newTestStack(t, k, Config{})
+	ln, err := gonet.ListenTCP(k.gv, addr4(127, 0, 0, 1, 8100), ipv4.ProtocolNumber)
+	if err != nil {
+		t.Fatalf("listen: %v", err)
+	}
+	defer ln.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			close(accepted)
+			return
+		}
+		buf := make([]byte, 1000)
+		io.ReadFull(c, buf)
+		c.Write(buf[:10])
+		accepted <- c
+	}()
+	c, err := gonet.DialTCP(k.gv, addr4(127, 0, 0, 1, 8100), ipv4.ProtocolNumber)
+	if err != nil {
+		t.Fatalf("dial: %v", err)
+	}
+	defer c.Close()
+	c.Write(make([]byte, 1000))
+	if _, err := io.ReadFull(c, make([]byte, 10)); err != nil {
+		t.Fatalf("client read: %v", err)
+	}
+	if sc := <-accepted; sc != nil {
+		defer sc.Close()
+	}
+	srv, cl := udpPair(t, k, 5301)
+	cl.Write(make([]byte, 7))
+	srv.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, _, err := srv.ReadFrom(make([]byte, 100)); err != nil {
+		t.Fatalf("udp server read: %v", err)
+	}
+
+	byProto := map[string]Flow{}
+	for _, f := range s.Flows() {
+		byProto[f.Proto] = f
+	}
+	tcpFlow, udpFlow := byProto["tcp"], byProto["udp"]
+	if want := c.LocalAddr().String(); tcpFlow.Client.String() != want || tcpFlow.Server.String() != "127.0.0.1:8100" {
+		t.Errorf("tcp flow %+v: want client %s, server 127.0.0.1:8100", tcpFlow, want)
+	}
+	if tcpFlow.ClientToServer != 1000 || tcpFlow.ServerToClient != 10 || tcpFlow.State != "ESTABLISHED" || time.Since(tcpFlow.Start) > time.Minute {
+		t.Errorf("tcp flow %+v: want 1000 bytes to the server, 10 back, ESTABLISHED, started just now", tcpFlow)
+	}
+	if udpFlow.Client.String() != cl.LocalAddr().String() || udpFlow.ClientToServer != 7 || udpFlow.ServerToClient != 0 {
+		t.Errorf("udp flow %+v: want client %v, 7 bytes to the server, none back", udpFlow, cl.LocalAddr())
+	}
+	if len(s.Flows()) != 2 {
+		t.Errorf("Flows: got %v, want the two", s.Flows())
+	}
+}

@@ -220,6 +220,21 @@ type Conn struct {
 // be destroyed by other means, or the programs wait for TCP's timeouts.
 func (s *Stack) TCPConnections() []Conn { return s.relay.tcpConnections() }
 
+// Flow is a relayed TCP connection or UDP flow.
+type Flow struct {
+	Proto          string // "tcp" or "udp"
+	Client, Server netip.AddrPort
+	Start          time.Time // when the relay took it on
+	// Bytes relayed each way (payload, without headers).
+	ClientToServer, ServerToClient uint64
+	// State is the TCP state of the stack's endpoint that faces the
+	// client ("ESTABLISHED", "CLOSE-WAIT", ...); "" for UDP.
+	State string
+}
+
+// Flows lists the flows being relayed, in no particular order.
+func (s *Stack) Flows() []Flow { return s.relay.list() }
+
 // Drops returns gVisor's counts of the packets it dropped, by reason: the
 // malformed and misaddressed input that the link endpoint hands over
 // without judging it (the IP, TCP, UDP and ICMP layers check every field).

@@ -5,18 +5,10 @@ package main
 import (
 	"errors"
 	"fmt"
-	"log/slog"
 	"net"
-	"net/http"
-	"net/http/pprof"
 	"syscall"
-	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/uloop/uloop/control"
-	"github.com/uloop/uloop/stack"
 	"golang.org/x/sys/unix"
 )
 
@@ -73,25 +65,4 @@ func (l *credListener) allowed(c net.Conn) bool {
 		return false
 	}
 	return cred.Uid == 0 || (l.group >= 0 && cred.Gid == uint32(l.group))
-}
-
-// serveControl serves /metrics and /debug/pprof/ until ln is closed. Besides
-// the data path's counters, /metrics has the Go runtime's (go_goroutines,
-// heap) and the process's (process_resident_memory_bytes, open fds), which
-// leak tests watch.
-func serveControl(ln net.Listener, st *stack.Stack, log *slog.Logger) {
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(newCollector(st.Metrics(), st.Drops),
-		collectors.NewGoCollector(),
-		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	mux := http.NewServeMux()
-	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-	mux.HandleFunc("/debug/pprof/", pprof.Index)
-	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
-	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-	if err := srv.Serve(ln); err != nil && !errors.Is(err, net.ErrClosed) {
-		log.Warn("control socket stopped", "err", err)
-	}
 }

@@ -20,45 +20,30 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
-	"net/netip"
 	"os"
 	"os/signal"
 	"runtime"
 	"syscall"
-	"time"
 
+	"github.com/uloop/uloop/internal/loopback"
 	"github.com/uloop/uloop/route"
-	"github.com/uloop/uloop/stack"
-	"github.com/uloop/uloop/tundev"
 )
 
 type options struct {
+	loopback.Options
 	netns        string
-	dev          string
-	mtu          int
-	prefix       string
-	udpTimeout   time.Duration
 	cleanup      bool
 	logLevel     string
 	controlGroup int
-	maxFlows     int
-	offload      bool
-	procs        int
 }
 
 func main() {
 	var o options
+	o.AddFlags(flag.CommandLine, "uloopd")
 	flag.StringVar(&o.netns, "netns", "", "take over loopback in the named network namespace (/run/netns/NAME) instead of the current one")
-	flag.StringVar(&o.dev, "dev", tundev.DefaultName, "name of the TUN device to create")
-	flag.IntVar(&o.mtu, "mtu", tundev.DefaultMTU, "MTU of the TUN device")
-	flag.StringVar(&o.prefix, "prefix", "127.0.0.0/8", "part of 127.0.0.0/8 to take over; the rest stays on the kernel's lo")
-	flag.DurationVar(&o.udpTimeout, "udp-timeout", stack.DefaultUDPIdleTimeout, "close a relayed UDP flow after this long without a datagram")
 	flag.BoolVar(&o.cleanup, "cleanup", false, "remove the rules, routes and device a killed uloopd left, then exit")
 	flag.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	flag.IntVar(&o.controlGroup, "control-group", -1, "numeric group that may use the control socket besides root")
-	flag.IntVar(&o.maxFlows, "max-flows", stack.DefaultMaxFlows, "TCP connections and UDP flows relayed at once; past it new ones are refused at once")
-	flag.BoolVar(&o.offload, "offload", true, "use TUN offloads (TSO, checksum offload, GSO writes)")
-	flag.IntVar(&o.procs, "procs", 0, "CPUs uloopd runs Go code on at once (GOMAXPROCS); 0: half the CPUs, at least 1, unless GOMAXPROCS is set")
 	flag.Parse()
 
 	var level slog.Level
@@ -67,26 +52,11 @@ func main() {
 		os.Exit(2)
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
-	setProcs(o.procs)
+	o.SetProcs()
 	if err := run(o, log); err != nil {
 		log.Error("uloopd failed", "err", err)
 		os.Exit(1)
 	}
-}
-
-// setProcs sets how many CPUs run uloopd's Go code at once. Every byte
-// uloopd carries has a client and a server on the same machine, which need
-// CPU too: on the 2-core machine here, one P instead of two doubled the
-// connection rate and UDP throughput and left single-stream TCP where it
-// was (docs/performance.md). So by default uloopd takes half the CPUs.
-func setProcs(n int) {
-	if n == 0 {
-		if os.Getenv("GOMAXPROCS") != "" {
-			return
-		}
-		n = max(1, runtime.NumCPU()/2)
-	}
-	runtime.GOMAXPROCS(n)
 }
 
 func run(o options, log *slog.Logger) error {
@@ -98,25 +68,15 @@ func run(o options, log *slog.Logger) error {
 		// inside the namespace.
 		return reexecInNetns(o.netns)
 	}
-	prefix, err := netip.ParsePrefix(o.prefix)
+	rcfg, err := o.Route()
 	if err != nil {
-		return fmt.Errorf("bad --prefix: %w", err)
-	}
-	rcfg := route.Config{Device: o.dev, Prefix: prefix.Masked()}
-	if err := rcfg.Validate(); err != nil {
 		return err
-	}
-	if o.procs < 0 {
-		return fmt.Errorf("bad --procs %d: want 0 (automatic) or more", o.procs)
-	}
-	if o.maxFlows < 1 {
-		return fmt.Errorf("bad --max-flows %d: want at least 1", o.maxFlows)
 	}
 	if o.cleanup {
 		if err := route.Cleanup(rcfg); err != nil {
 			return fmt.Errorf("cleanup: %w", err)
 		}
-		log.Info("cleanup done", "dev", o.dev, "prefix", rcfg.Prefix)
+		log.Info("cleanup done", "dev", o.Dev, "prefix", rcfg.Prefix)
 		return nil
 	}
 	return serve(o, rcfg, log)
@@ -146,53 +106,26 @@ func serve(o options, rcfg route.Config, log *slog.Logger) (err error) {
 		return fmt.Errorf("removing a previous uloopd's leftovers: %w", err)
 	}
 
-	dev, err := tundev.Create(o.dev, o.mtu, o.offload)
+	lb, err := loopback.Up(o.Options, rcfg, log)
 	if err != nil {
-		return err
-	}
-	metrics := new(stack.Metrics)
-	st, err := stack.New(stack.Config{
-		Device:         dev,
-		Metrics:        metrics,
-		Logger:         log,
-		UDPIdleTimeout: o.udpTimeout,
-		MaxFlows:       o.maxFlows,
-		DisableGSO:     !o.offload,
-	})
-	if err != nil {
-		dev.Close()
-		return err
-	}
-	takeover, err := route.Apply(rcfg)
-	if err != nil {
-		st.Close()
 		return err
 	}
 	defer func() {
-		if uerr := takeover.Undo(); uerr != nil {
-			err = errors.Join(err, fmt.Errorf("restoring host state: %w", uerr))
+		if cerr := lb.Close(); cerr != nil {
+			err = errors.Join(err, cerr)
 		} else {
 			log.Info("host state restored")
 		}
 	}()
-	// Close the stack before the routes are restored (defers run last in,
-	// first out): it resets every relayed connection while the TUN still
-	// carries the resets. Once the routes are gone the kernel would deliver
-	// the two peers' packets to each other directly, with sequence numbers
-	// neither knows.
-	defer st.Close()
+	st := lb.Stack
+	go loopback.Serve(ctl, st, log)
 
-	go serveControl(ctl, st, log)
-
-	if err := probe(rcfg.Source(), metrics); err != nil {
-		return fmt.Errorf("data path does not answer: %w", err)
-	}
-	if err := dropCapabilities(); errors.Is(err, errCapsNeedNoCgo) {
+	if err := loopback.DropCapabilities(); errors.Is(err, loopback.ErrCapsNeedNoCgo) {
 		log.Warn("keeping all capabilities", "err", err)
 	} else if err != nil {
 		return fmt.Errorf("dropping capabilities: %w", err)
 	}
-	log.Info("uloopd ready", "dev", o.dev, "mtu", o.mtu, "prefix", rcfg.Prefix, "udp_timeout", o.udpTimeout, "procs", runtime.GOMAXPROCS(0))
+	log.Info("uloopd ready", "dev", o.Dev, "mtu", o.MTU, "prefix", rcfg.Prefix, "udp_timeout", o.UDPTimeout, "procs", runtime.GOMAXPROCS(0))
 	if err := notifySystemd("READY=1"); err != nil {
 		log.Warn("telling systemd we are ready", "err", err)
 	}
@@ -209,6 +142,6 @@ func serve(o options, rcfg route.Config, log *slog.Logger) (err error) {
 		// up (about 15 minutes). Destroy them (ss -K) so that both
 		// programs see an error now.
 		destroySockets(st.TCPConnections(), log)
-		return fmt.Errorf("reading TUN device %s: %w (was it deleted?)", o.dev, st.Err())
+		return fmt.Errorf("reading TUN device %s: %w (was it deleted?)", o.Dev, st.Err())
 	}
 }

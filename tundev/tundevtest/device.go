@@ -20,6 +20,11 @@ type Device struct {
 	in      chan []byte
 	deliver func(pkt []byte)
 
+	mu sync.Mutex
+	// next is a packet taken from in that did not fit the batch buffer
+	// it came to; the next Read returns it first.
+	next []byte
+
 	closeOnce sync.Once
 	closed    chan struct{}
 }
@@ -46,28 +51,44 @@ func (d *Device) Inject(pkt []byte) {
 // Read implements tundev.Device.Read: it blocks for one packet, then takes
 // whatever else is queued, up to len(bufs).
 func (d *Device) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
-	var p []byte
-	select {
-	case p = <-d.in:
-	case <-d.closed:
-		return 0, os.ErrClosed
-	}
-	n := 0
-	for {
-		if len(p) > len(bufs[n])-offset {
-			return n, fmt.Errorf("tundevtest: %d-byte packet does not fit a %d-byte buffer", len(p), len(bufs[n])-offset)
-		}
-		sizes[n] = copy(bufs[n][offset:], p)
-		n++
-		if n == len(bufs) {
-			return n, nil
-		}
+	d.mu.Lock()
+	p := d.next
+	d.next = nil
+	d.mu.Unlock()
+	if p == nil {
 		select {
 		case p = <-d.in:
-		default:
-			return n, nil
+		case <-d.closed:
+			return 0, os.ErrClosed
 		}
 	}
+	if len(p) > len(bufs[0])-offset {
+		return 0, fmt.Errorf("tundevtest: %d-byte packet does not fit a %d-byte buffer", len(p), len(bufs[0])-offset)
+	}
+	sizes[0] = copy(bufs[0][offset:], p)
+	for n := 1; n < len(bufs); n++ {
+		// The next packet waits for the next Read if it does not fit
+		// this buffer: the batch's later buffers are smaller
+		// (tundev.SlotSize), and the kernel device only puts segments
+		// of one split packet there.
+		d.mu.Lock()
+		if d.next == nil {
+			select {
+			case d.next = <-d.in:
+			default:
+			}
+		}
+		p, fits := d.next, d.next != nil && len(d.next) <= len(bufs[n])-offset
+		if fits {
+			d.next = nil
+		}
+		d.mu.Unlock()
+		if !fits {
+			return n, nil
+		}
+		sizes[n] = copy(bufs[n][offset:], p)
+	}
+	return len(bufs), nil
 }
 
 // WritePacket implements tundev.Device.WritePacket. Like a NIC, it

@@ -1,6 +1,6 @@
 //go:build linux
 
-package main
+package loopback
 
 import (
 	"github.com/prometheus/client_golang/prometheus"

@@ -1,0 +1,139 @@
+//go:build linux
+
+// Package loopback brings uloop's data path up in the calling process's
+// network namespace and takes it down again: the TUN device, the stack on
+// it, the routing takeover, and the probe that proves packets cross them.
+// It also serves the control HTTP (metrics, flows, pprof). uloopd and
+// `uloop run` are both built on it, so the two set up the same way and
+// share their flags.
+package loopback
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"runtime"
+	"time"
+
+	"github.com/uloop/uloop/route"
+	"github.com/uloop/uloop/stack"
+	"github.com/uloop/uloop/tundev"
+)
+
+// Options are the data path's settings, the flags uloopd and `uloop run`
+// share.
+type Options struct {
+	Dev        string
+	MTU        int
+	Prefix     string
+	UDPTimeout time.Duration
+	MaxFlows   int
+	Offload    bool
+	Procs      int
+}
+
+// AddFlags registers the shared flags on fs, with their defaults, into o.
+// what names the program in the help texts ("uloopd", "uloop").
+func (o *Options) AddFlags(fs *flag.FlagSet, what string) {
+	fs.StringVar(&o.Dev, "dev", tundev.DefaultName, "name of the TUN device to create")
+	fs.IntVar(&o.MTU, "mtu", tundev.DefaultMTU, "MTU of the TUN device")
+	fs.StringVar(&o.Prefix, "prefix", "127.0.0.0/8", "part of 127.0.0.0/8 to take over; the rest stays on the kernel's lo")
+	fs.DurationVar(&o.UDPTimeout, "udp-timeout", stack.DefaultUDPIdleTimeout, "close a relayed UDP flow after this long without a datagram")
+	fs.IntVar(&o.MaxFlows, "max-flows", stack.DefaultMaxFlows, "TCP connections and UDP flows relayed at once; past it new ones are refused at once")
+	fs.BoolVar(&o.Offload, "offload", true, "use TUN offloads (TSO, checksum offload, GSO writes)")
+	fs.IntVar(&o.Procs, "procs", 0, "CPUs "+what+" runs Go code on at once (GOMAXPROCS); 0: half the CPUs, at least 1, unless GOMAXPROCS is set")
+}
+
+// Route checks the options and returns the routing takeover they ask for.
+func (o *Options) Route() (route.Config, error) {
+	prefix, err := netip.ParsePrefix(o.Prefix)
+	if err != nil {
+		return route.Config{}, fmt.Errorf("bad --prefix: %w", err)
+	}
+	rcfg := route.Config{Device: o.Dev, Prefix: prefix.Masked()}
+	if err := rcfg.Validate(); err != nil {
+		return route.Config{}, err
+	}
+	if o.Procs < 0 {
+		return route.Config{}, fmt.Errorf("bad --procs %d: want 0 (automatic) or more", o.Procs)
+	}
+	if o.MaxFlows < 1 {
+		return route.Config{}, fmt.Errorf("bad --max-flows %d: want at least 1", o.MaxFlows)
+	}
+	return rcfg, nil
+}
+
+// SetProcs sets how many CPUs run the data path's Go code at once (--procs).
+// Every byte uloop carries has a client and a server on the same machine,
+// which need CPU too: on the 2-core machine here, one P instead of two
+// doubled the connection rate and UDP throughput and left single-stream TCP
+// where it was (docs/performance.md). So by default it takes half the CPUs.
+func (o *Options) SetProcs() {
+	n := o.Procs
+	if n == 0 {
+		if os.Getenv("GOMAXPROCS") != "" {
+			return
+		}
+		n = max(1, runtime.NumCPU()/2)
+	}
+	runtime.GOMAXPROCS(n)
+}
+
+// A Loopback is the data path, up: the stack on its TUN device, with the
+// namespace's traffic to the prefix routed into it.
+type Loopback struct {
+	Stack    *stack.Stack
+	Route    route.Config
+	takeover *route.Takeover
+}
+
+// Up creates the TUN device, starts the stack on it, routes rcfg's prefix
+// into it and probes the path: once it returns, a kernel connection to the
+// prefix is relayed by the stack. On error everything it did is undone.
+// The caller must hold whatever keeps a second data path out of the
+// namespace (uloopd's control socket; a namespace of its own for `uloop
+// run`), and clear a killed predecessor's rules first if there can be one.
+func Up(o Options, rcfg route.Config, log *slog.Logger) (*Loopback, error) {
+	dev, err := tundev.Create(o.Dev, o.MTU, o.Offload)
+	if err != nil {
+		return nil, err
+	}
+	metrics := new(stack.Metrics)
+	st, err := stack.New(stack.Config{
+		Device:         dev,
+		Metrics:        metrics,
+		Logger:         log,
+		UDPIdleTimeout: o.UDPTimeout,
+		MaxFlows:       o.MaxFlows,
+		DisableGSO:     !o.Offload,
+	})
+	if err != nil {
+		dev.Close()
+		return nil, err
+	}
+	takeover, err := route.Apply(rcfg)
+	if err != nil {
+		st.Close()
+		return nil, err
+	}
+	l := &Loopback{Stack: st, Route: rcfg, takeover: takeover}
+	if err := probe(rcfg.Source(), metrics); err != nil {
+		return nil, errors.Join(fmt.Errorf("data path does not answer: %w", err), l.Close())
+	}
+	return l, nil
+}
+
+// Close closes the stack, then undoes the routing. The stack goes first: it
+// resets every relayed connection while the TUN still carries the resets.
+// Once the routes are gone the kernel would deliver the two peers' packets
+// to each other directly, with sequence numbers neither knows.
+func (l *Loopback) Close() error {
+	l.Stack.Close()
+	if err := l.takeover.Undo(); err != nil {
+		return fmt.Errorf("restoring host state: %w", err)
+	}
+	return nil
+}
