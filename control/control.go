@@ -1,3 +1,5 @@
+//go:build linux
+
 // Package control is the client of uloop's control sockets: uloopd's, the
 // abstract unix socket @uloopd in the daemon's network namespace, and each
 // `uloop run` session's, a unix socket file. Both serve HTTP: GET /metrics

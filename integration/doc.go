@@ -1,3 +1,5 @@
+//go:build linux
+
 // Package integration holds uloop's root tests: each test makes its own
 // network namespaces, drives real sockets and tools (ping, curl, iperf3,
 // python3) through them, and checks what a user would see.

@@ -1,3 +1,5 @@
+//go:build linux
+
 package integration
 
 // The harness: namespaces, commands and sockets inside them, the daemon under

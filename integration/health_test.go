@@ -1,3 +1,5 @@
+//go:build linux
+
 package integration
 
 // What the reliability tests read of the daemon's health: goroutines, heap,

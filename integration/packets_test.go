@@ -1,3 +1,5 @@
+//go:build linux
+
 package integration
 
 // Hand-made packets, sent and seen through raw sockets inside a namespace.

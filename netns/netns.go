@@ -1,3 +1,5 @@
+//go:build linux
+
 // Package netns creates Linux network namespaces, runs code and commands in
 // them, waits for what runs there to be ready, and stops it again. It is
 // uloop's one implementation of these steps: the integration tests, the
