@@ -29,6 +29,13 @@ func innerMain(args []string) int {
 	sigc := make(chan os.Signal, 16)
 	signal.Notify(sigc, append(forwarded, syscall.SIGCHLD)...)
 	outer := os.Getppid()
+	// It ends by killing every other process in its network namespace:
+	// run anywhere but in a namespace of its own (by hand, say), that
+	// would be the host's.
+	if err := requireOwnNetns(outer); err != nil {
+		fmt.Fprintf(os.Stderr, "uloop run: %v\n", err)
+		return exitFailed
+	}
 
 	fs := flag.NewFlagSet(innerCommand, flag.ContinueOnError)
 	sock := fs.String("socket", "", "status socket to serve")
@@ -55,6 +62,22 @@ func innerMain(args []string) int {
 		fmt.Fprintf(os.Stderr, "uloop run: %v\n", err)
 	}
 	return code
+}
+
+// requireOwnNetns fails unless this process is in another network namespace
+// than its parent: the one uloop run made for it.
+func requireOwnNetns(parent int) error {
+	var self, par unix.Stat_t
+	if err := unix.Stat("/proc/self/ns/net", &self); err != nil {
+		return err
+	}
+	if err := unix.Stat(fmt.Sprintf("/proc/%d/ns/net", parent), &par); err != nil {
+		return err
+	}
+	if self.Ino == par.Ino && self.Dev == par.Dev {
+		return fmt.Errorf("%s must be started by uloop run in a network namespace of its own, not in its parent's", innerCommand)
+	}
+	return nil
 }
 
 // session is what the inner process holds.

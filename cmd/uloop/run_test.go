@@ -574,3 +574,22 @@ func processesIn(link string) []int {
 	}
 	return pids
 }
+
+// TestInnerNeedsItsOwnNamespace: the inner process ends by killing every
+// other process in its network namespace, so started by hand in its
+// parent's namespace it must refuse to run. The test runs it in a namespace
+// of its own (unshare -n), with a sibling to be spared: should the check
+// ever go, only that namespace's processes are at stake.
+func TestInnerNeedsItsOwnNamespace(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root (unshare -n)")
+	}
+	script := `sleep 30 & ` + uloopBin(t) + ` ` + innerCommand + ` -- true; echo "exit $?"; kill -0 $! && echo sibling-alive; kill $!`
+	out, err := exec.Command("unshare", "-n", "sh", "-c", script).CombinedOutput()
+	if err != nil {
+		t.Fatalf("unshare -n sh -c ...: %v\n%s", err, out)
+	}
+	if !strings.Contains(string(out), fmt.Sprintf("exit %d", exitFailed)) || !strings.Contains(string(out), "sibling-alive") {
+		t.Errorf("got:\n%s\nwant exit %d and the sibling alive", out, exitFailed)
+	}
+}
