@@ -32,7 +32,7 @@ func innerMain(args []string) int {
 	// It ends by killing every other process in its network namespace:
 	// run anywhere but in a namespace of its own (by hand, say), that
 	// would be the host's.
-	if err := requireOwnNetns(outer); err != nil {
+	if err := requireOwnNetns(); err != nil {
 		fmt.Fprintf(os.Stderr, "uloop run: %v\n", err)
 		return exitFailed
 	}
@@ -64,18 +64,23 @@ func innerMain(args []string) int {
 	return code
 }
 
-// requireOwnNetns fails unless this process is in another network namespace
-// than its parent: the one uloop run made for it.
-func requireOwnNetns(parent int) error {
-	var self, par unix.Stat_t
-	if err := unix.Stat("/proc/self/ns/net", &self); err != nil {
+// requireOwnNetns fails unless this process is alone in its network
+// namespace, as it is in the fresh one uloop run made for it (CMD is not
+// started yet). Comparing with the parent's namespace is not possible
+// without root: a process in a new user namespace may not read its
+// parent's /proc entries.
+func requireOwnNetns() error {
+	here, err := netns.Current()
+	if err != nil {
 		return err
 	}
-	if err := unix.Stat(fmt.Sprintf("/proc/%d/ns/net", parent), &par); err != nil {
+	defer here.Close()
+	others, err := here.Pids()
+	if err != nil {
 		return err
 	}
-	if self.Ino == par.Ino && self.Dev == par.Dev {
-		return fmt.Errorf("%s must be started by uloop run in a network namespace of its own, not in its parent's", innerCommand)
+	if len(others) > 0 {
+		return fmt.Errorf("%s must be started by uloop run in a network namespace of its own; this one holds other processes (%d of them)", innerCommand, len(others))
 	}
 	return nil
 }
