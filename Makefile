@@ -23,7 +23,7 @@ endif
 ROOT_PATH := $(shell $(GO) env GOROOT 2>/dev/null)/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 TEST_EXEC := $(if $(SUDO),-exec 'sudo env PATH=$(ROOT_PATH)')
 
-.PHONY: all build test unit-test fuzz conformance bench demo soak clean vet deps sudo-ok
+.PHONY: all build install test unit-test fuzz conformance bench demo soak clean vet deps sudo-ok
 
 all: build
 
@@ -34,6 +34,17 @@ build:
 	CGO_ENABLED=0 $(GO) build -o $(BIN)/uloopd ./cmd/uloopd
 	CGO_ENABLED=0 $(GO) build -o $(BIN)/uloop ./cmd/uloop
 	$(GO) build -o $(BIN)/uloop-bench ./cmd/uloop-bench
+
+# Installs uloopd and uloop into $(DESTDIR)$(PREFIX)/bin and the systemd unit
+# (dist/uloopd.service, pointed at those binaries) into $(DESTDIR)$(UNITDIR).
+# Through sudo when not root and no DESTDIR is given.
+PREFIX  ?= /usr/local
+UNITDIR ?= /etc/systemd/system
+INSTALL_SUDO := $(if $(DESTDIR),,$(SUDO))
+install: build
+	$(INSTALL_SUDO) install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(UNITDIR)
+	$(INSTALL_SUDO) install -m 0755 $(BIN)/uloopd $(BIN)/uloop $(DESTDIR)$(PREFIX)/bin/
+	sed 's|/usr/local/bin/|$(PREFIX)/bin/|g' dist/uloopd.service | $(INSTALL_SUDO) tee $(DESTDIR)$(UNITDIR)/uloopd.service >/dev/null
 
 vet:
 	$(GO) vet $(PKGS)

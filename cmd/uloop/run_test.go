@@ -593,3 +593,46 @@ func TestInnerNeedsItsOwnNamespace(t *testing.T) {
 		t.Errorf("got:\n%s\nwant exit %d and the sibling alive", out, exitFailed)
 	}
 }
+
+// TestInstall: make install puts both commands and the systemd unit where
+// PREFIX and UNITDIR say, the unit names the installed binaries (and
+// systemd-analyze accepts it, where it is installed), and the installed
+// uloop runs from any directory.
+func TestInstall(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root (uloop run of the installed copy)")
+	}
+	if _, err := exec.LookPath("make"); err != nil {
+		t.Skip("no make")
+	}
+	prefix := t.TempDir()
+	os.Chmod(prefix, 0o755)
+	units := filepath.Join(prefix, "units")
+	// BIN outside the checkout: under make test as a user this runs as
+	// root, and must leave no root-owned file there.
+	cmd := exec.Command("make", "-s", "install", "BIN="+t.TempDir(), "PREFIX="+prefix, "UNITDIR="+units)
+	cmd.Dir = "../.."
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("make install: %v\n%s", err, out)
+	}
+	unit, err := os.ReadFile(filepath.Join(units, "uloopd.service"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"ExecStart=" + prefix + "/bin/uloopd\n", "ExecStopPost=" + prefix + "/bin/uloopd --cleanup\n", "Type=notify\n"} {
+		if !strings.Contains(string(unit), want) {
+			t.Errorf("installed unit lacks %q", want)
+		}
+	}
+	if _, err := exec.LookPath("systemd-analyze"); err == nil {
+		if out, err := exec.Command("systemd-analyze", "verify", "--man=no", filepath.Join(units, "uloopd.service")).CombinedOutput(); err != nil {
+			t.Errorf("systemd-analyze verify: %v\n%s", err, out)
+		}
+	}
+	run := exec.Command(filepath.Join(prefix, "bin", "uloop"), "run", "--", "sh", "-c", "exit 5")
+	run.Dir = "/"
+	run.Env = append(os.Environ(), "XDG_RUNTIME_DIR="+runtimeDir(t))
+	if err := run.Run(); run.ProcessState == nil || run.ProcessState.ExitCode() != 5 {
+		t.Errorf("installed uloop run -- sh -c 'exit 5' from /: %v, want exit status 5", err)
+	}
+}
