@@ -146,19 +146,6 @@ func (r *relay) untrack(f flow) {
 	delete(r.flows, f)
 }
 
-// tcpConnections lists the relayed TCP connections.
-func (r *relay) tcpConnections() []Conn {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	var conns []Conn
-	for f := range r.flows {
-		if t, ok := f.(*tcpFlow); ok {
-			conns = append(conns, Conn{Client: addrPort(t.client), Server: addrPort(t.server)})
-		}
-	}
-	return conns
-}
-
 // list describes every live flow.
 func (r *relay) list() []Flow {
 	r.mu.Lock()

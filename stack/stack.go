@@ -210,16 +210,6 @@ func setTCPOptions(gv *stack.Stack) tcpip.Error {
 // Metrics returns the stack's counters.
 func (s *Stack) Metrics() *Metrics { return s.metrics }
 
-// Conn is a relayed TCP connection, as the kernel's client socket sees it.
-type Conn struct {
-	Client, Server netip.AddrPort
-}
-
-// TCPConnections lists the TCP connections being relayed. If the device
-// dies, the stack can no longer reset them: their kernel sockets must then
-// be destroyed by other means, or the programs wait for TCP's timeouts.
-func (s *Stack) TCPConnections() []Conn { return s.relay.tcpConnections() }
-
 // Flow is a relayed TCP connection or UDP flow.
 type Flow struct {
 	Proto          string // "tcp" or "udp"
@@ -232,7 +222,10 @@ type Flow struct {
 	State string
 }
 
-// Flows lists the flows being relayed, in no particular order.
+// Flows lists the flows being relayed, in no particular order. If the
+// device dies, the stack can no longer reset the TCP ones: their kernel
+// sockets must then be destroyed by other means, or the programs wait for
+// TCP's timeouts.
 func (s *Stack) Flows() []Flow { return s.relay.list() }
 
 // Drops returns gVisor's counts of the packets it dropped, by reason: the

@@ -10,12 +10,17 @@ import (
 	"github.com/vishvananda/netlink"
 )
 
-// destroySockets closes both kernel sockets of each relayed connection, the
-// client's and the server's, with SOCK_DESTROY (as `ss -K` does; it needs
+// destroySockets closes both kernel sockets of each relayed TCP connection
+// among flows, the client's and the server's, with SOCK_DESTROY (as `ss -K` does; it needs
 // CAP_NET_ADMIN, which uloopd keeps, and a kernel with
 // CONFIG_INET_DIAG_DESTROY). Their programs get ECONNABORTED.
-func destroySockets(conns []stack.Conn, log *slog.Logger) {
-	for _, c := range conns {
+func destroySockets(flows []stack.Flow, log *slog.Logger) {
+	conns := 0
+	for _, c := range flows {
+		if c.Proto != "tcp" {
+			continue
+		}
+		conns++
 		client := net.TCPAddrFromAddrPort(c.Client)
 		server := net.TCPAddrFromAddrPort(c.Server)
 		for _, pair := range [][2]*net.TCPAddr{{client, server}, {server, client}} {
@@ -24,7 +29,7 @@ func destroySockets(conns []stack.Conn, log *slog.Logger) {
 			}
 		}
 	}
-	if len(conns) > 0 {
-		log.Info("destroyed the kernel sockets of relayed connections", "connections", len(conns))
+	if conns > 0 {
+		log.Info("destroyed the kernel sockets of relayed connections", "connections", conns)
 	}
 }

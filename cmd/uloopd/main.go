@@ -141,7 +141,7 @@ func serve(o options, rcfg route.Config, log *slog.Logger) (err error) {
 		// directly with sequence numbers neither knows, until TCP gives
 		// up (about 15 minutes). Destroy them (ss -K) so that both
 		// programs see an error now.
-		destroySockets(st.TCPConnections(), log)
+		destroySockets(st.Flows(), log)
 		return fmt.Errorf("reading TUN device %s: %w (was it deleted?)", o.Dev, st.Err())
 	}
 }
