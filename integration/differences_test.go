@@ -3,6 +3,7 @@
 package integration
 
 import (
+	"fmt"
 	"io"
 	"net"
 	"syscall"
@@ -24,14 +25,7 @@ func TestKnownDifferences(t *testing.T) {
 // tcpPair returns a connected client and the server's accepted socket.
 func tcpPair(t *testing.T, e *env) (client, server *net.TCPConn) {
 	t.Helper()
-	l := e.ns.listen(t, "tcp", "127.0.0.1:0")
-	c := e.ns.mustDial(t, "tcp", l.Addr().String())
-	l.(*net.TCPListener).SetDeadline(time.Now().Add(5 * time.Second))
-	s, err := l.Accept()
-	if err != nil {
-		t.Fatalf("accept: %v", err)
-	}
-	t.Cleanup(func() { s.Close() })
+	c, s := connPair(t, e.ns, "127.0.0.1:0", "127.0.0.1")
 	return c.(*net.TCPConn), s.(*net.TCPConn)
 }
 
@@ -80,17 +74,11 @@ func testUrgentData(t *testing.T, e *env) {
 // Logged; asserted only to be sane, since the kernel derives them.
 func testMSS(t *testing.T, e *env) {
 	c, s := tcpPair(t, e)
-	mss := func(conn *net.TCPConn) int {
-		rc, err := conn.SyscallConn()
-		if err != nil {
-			t.Fatal(err)
-		}
-		var v int
-		var serr error
-		rc.Control(func(fd uintptr) { v, serr = syscall.GetsockoptInt(int(fd), syscall.IPPROTO_TCP, syscall.TCP_MAXSEG) })
-		if serr != nil {
-			t.Fatalf("TCP_MAXSEG: %v", serr)
-		}
+	mss := func(conn *net.TCPConn) (v int) {
+		sockopt(t, conn, "TCP_MAXSEG", func(fd int) (err error) {
+			v, err = syscall.GetsockoptInt(fd, syscall.IPPROTO_TCP, syscall.TCP_MAXSEG)
+			return err
+		})
 		return v
 	}
 	cm, sm := mss(c), mss(s)
@@ -110,15 +98,9 @@ func testTTLAndTOS(t *testing.T, e *env) {
 	r := e.ns.listenUDP(t, "127.0.0.1:0")
 	c := e.ns.listenUDP(t, "127.0.0.1:0")
 	setsockopt := func(conn *net.UDPConn, opt, v int) {
-		rc, err := conn.SyscallConn()
-		if err != nil {
-			t.Fatal(err)
-		}
-		var serr error
-		rc.Control(func(fd uintptr) { serr = syscall.SetsockoptInt(int(fd), syscall.IPPROTO_IP, opt, v) })
-		if serr != nil {
-			t.Fatalf("setsockopt %d: %v", opt, serr)
-		}
+		sockopt(t, conn, fmt.Sprintf("setsockopt %d", opt), func(fd int) error {
+			return syscall.SetsockoptInt(fd, syscall.IPPROTO_IP, opt, v)
+		})
 	}
 	setsockopt(r, syscall.IP_RECVTTL, 1)
 	setsockopt(r, syscall.IP_RECVTOS, 1)

@@ -348,23 +348,30 @@ func (n *netNS) mustDial(t *testing.T, network, addr string) net.Conn {
 	return c
 }
 
-// forceRcvBuf sets SO_RCVBUFFORCE (root may exceed net.core.rmem_max), so a
-// burst of datagrams cannot overflow the socket: any loss is then the path's.
-func forceRcvBuf(t *testing.T, c *net.UDPConn, size int) {
+// sockopt runs fn, a socket option call named what, on c's descriptor and
+// fails the test if it fails.
+func sockopt(t *testing.T, c syscall.Conn, what string, fn func(fd int) error) {
 	t.Helper()
 	rc, err := c.SyscallConn()
 	if err != nil {
 		t.Fatal(err)
 	}
 	var serr error
-	if err := rc.Control(func(fd uintptr) {
-		serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUFFORCE, size)
-	}); err != nil {
+	if err := rc.Control(func(fd uintptr) { serr = fn(int(fd)) }); err != nil {
 		t.Fatal(err)
 	}
 	if serr != nil {
-		t.Fatalf("SO_RCVBUFFORCE: %v", serr)
+		t.Fatalf("%s: %v", what, serr)
 	}
+}
+
+// forceRcvBuf sets SO_RCVBUFFORCE (root may exceed net.core.rmem_max), so a
+// burst of datagrams cannot overflow the socket: any loss is then the path's.
+func forceRcvBuf(t *testing.T, c *net.UDPConn, size int) {
+	t.Helper()
+	sockopt(t, c, "SO_RCVBUFFORCE", func(fd int) error {
+		return syscall.SetsockoptInt(fd, syscall.SOL_SOCKET, syscall.SO_RCVBUFFORCE, size)
+	})
 }
 
 func portOf(a net.Addr) int {
