@@ -4,7 +4,6 @@ package integration
 
 import (
 	"fmt"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"sort"
@@ -23,13 +22,17 @@ func TestGoNetConformance(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds and runs the Go standard library's network tests (about 2 minutes)")
 	}
-	goroot := strings.TrimSpace(mustOutput(t, goTool(), "env", "GOROOT"))
+	here := &netNS{} // the test's own namespace
+	goroot := strings.TrimSpace(here.mustRun(t, goTool(), "env", "GOROOT"))
 	bins := t.TempDir()
 	kernel, uloop := kernelEnv(t), uloopEnv(t)
 	for _, pkg := range []string{"net", "net/http", "net/rpc"} {
 		t.Run(pkg, func(t *testing.T) {
 			bin := filepath.Join(bins, strings.ReplaceAll(pkg, "/", "_")+".test")
-			mustOutput(t, goTool(), "test", "-c", "-o", bin, pkg)
+			// Minutes with a cold build cache.
+			if r := here.runIn(t, 5*time.Minute, "", goTool(), "test", "-c", "-o", bin, pkg); r.code != 0 {
+				t.Fatalf("building the %s tests: %s", pkg, r)
+			}
 			dir := filepath.Join(goroot, "src", pkg) // the tests read their testdata
 			onLo := runGoTests(t, kernel, dir, bin)
 			before := uloop.snapshot(t)
@@ -117,21 +120,6 @@ func outcome(m map[string]string, name string) string {
 		return o
 	}
 	return "no outcome"
-}
-
-// mustOutput runs a command outside any test namespace and returns its
-// standard output.
-func mustOutput(t *testing.T, argv ...string) string {
-	t.Helper()
-	out, err := exec.Command(argv[0], argv[1:]...).Output()
-	if err != nil {
-		var stderr []byte
-		if ee, ok := err.(*exec.ExitError); ok {
-			stderr = ee.Stderr
-		}
-		t.Fatalf("%q: %v\n%s", argv, err, stderr)
-	}
-	return string(out)
 }
 
 // tail returns the last n lines of s.
