@@ -119,6 +119,13 @@ func (s *session) run(o runOptions, sock string, foreground bool, cmdArgs []stri
 		return exitFailed
 	}
 	s.log.Info("uloop ready", "dev", o.Dev, "mtu", o.MTU, "prefix", rcfg.Prefix, "socket", sock, "setup", time.Since(start))
+	if o.watchdog > 0 {
+		// Before the capabilities go: it needs CAP_NET_RAW and
+		// CAP_NET_ADMIN, passed down as ambient ones without root.
+		if err := startWatchdog(o); err != nil {
+			s.log.Warn("running without a watchdog: a stopped uloop will hang loopback", "err", err)
+		}
+	}
 
 	// CMD gets its capabilities from its user ID alone: none without
 	// root, whatever this process holds (CAP_NET_ADMIN, ambient).
