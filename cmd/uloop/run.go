@@ -164,8 +164,9 @@ func runMain(args []string) int {
 	return exitStatus(inner.ProcessState, err)
 }
 
-// forwarded are the signals passed on to CMD.
-var forwarded = []os.Signal{syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT}
+// forwarded are the signals passed on to CMD. SIGCONT is how the shell
+// resumes a job stopped with Ctrl-Z (see session.resume).
+var forwarded = []os.Signal{syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT, syscall.SIGCONT}
 
 // exitStatus is a waited-for process's status as a shell gives it: the exit
 // code, or 128+N if signal N ended it.
