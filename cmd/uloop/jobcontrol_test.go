@@ -8,6 +8,8 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -60,7 +62,9 @@ func TestCtrlZ(t *testing.T) {
 	}
 	slave.Close()
 	defer func() {
-		shell.Process.Kill()
+		// Everything the shell started is in its session, whatever the
+		// process group (uloop run's job, CMD's group).
+		killSession(shell.Process.Pid)
 		shell.Wait()
 	}()
 	var out netns.Output
@@ -96,4 +100,18 @@ func TestCtrlZ(t *testing.T) {
 	typed("echo status=$?\n")
 	expect("exit status", "status=0")
 	typed("exit\n")
+}
+
+// killSession sends SIGKILL to every process in session sid.
+func killSession(sid int) {
+	pids, _ := filepath.Glob("/proc/[0-9]*")
+	for _, p := range pids {
+		pid, err := strconv.Atoi(filepath.Base(p))
+		if err != nil {
+			continue
+		}
+		if s, err := unix.Getsid(pid); err == nil && s == sid {
+			unix.Kill(pid, unix.SIGKILL)
+		}
+	}
 }

@@ -4,7 +4,9 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"io"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -74,5 +76,32 @@ kill $srv`
 				t.Errorf("exit status %d after uloop resumed, want CMD's 0", code)
 			}
 		})
+	}
+}
+
+// TestInnerKilled: SIGKILL to the process that holds the data path (not to
+// uloop run) leaves nothing either: CMD dies with it, and the watchdog
+// kills what CMD started in the background, which would otherwise go on
+// in a namespace nobody watches; uloop run exits with 128+9.
+func TestInnerKilled(t *testing.T) {
+	rt := runtimeDir(t)
+	s := start(t, uloop(t, rt, "run", "--", "sh", "-c", `sleep 1000 & echo "bg $!"; echo "cmd $$"; echo ready; wait`))
+	var bg, sh int
+	fmt.Sscanf(s.out.String(), "bg %d\ncmd %d", &bg, &sh)
+	nsLink, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/net", sh))
+	if err != nil || bg == 0 {
+		t.Fatalf("CMD's namespace: %v (output %q)", err, s.out)
+	}
+	inner := childrenOf(t, s.cmd.Process.Pid)[0]
+	unix.Kill(inner, unix.SIGKILL)
+	if code := s.wait(t); code != 128+9 {
+		t.Errorf("uloop run exited with %d, want 137 (its inner process was killed)", code)
+	}
+	err = netns.Poll(context.Background(), 10*time.Second, func() (bool, error) {
+		return len(processesIn(nsLink)) == 0 && !alive(bg) && !alive(sh), nil
+	})
+	if err != nil {
+		t.Errorf("after SIGKILL of the inner process: processes in %s: %v, CMD %d alive %v, its child %d alive %v",
+			nsLink, processesIn(nsLink), sh, alive(sh), bg, alive(bg))
 	}
 }
