@@ -269,10 +269,14 @@ func (e *linkEndpoint) deliver(d stack.NetworkDispatcher, v *buffer.View, h tund
 	pkt := v.AsSlice()
 	e.metrics.TUNRxPackets.Add(1)
 	e.metrics.TUNRxBytes.Add(uint64(len(pkt)))
+	trusted := h.ChecksumTrusted()
+	if trusted {
+		e.metrics.TUNRxChecksumTrusted.Add(1)
+	}
 	switch classify(pkt) {
 	case toStack:
 		pb := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: splitHeaders(v)})
-		e.rxTrusted.Store(h.ChecksumTrusted())
+		e.rxTrusted.Store(trusted)
 		d.DeliverNetworkPacket(header.IPv4ProtocolNumber, pb)
 		pb.DecRef()
 	case passThrough:
