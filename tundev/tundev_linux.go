@@ -45,8 +45,8 @@ type kernelDevice struct {
 	// +checklocks:rmu
 	vnet [VirtioNetHdrLen]byte
 	// spill takes what does not fit the first buffer: only a GSO
-	// super-packet can be larger than the MTU.
-	// +checklocks:rmu
+	// super-packet can be larger than the MTU. Set by Create; its
+	// contents belong to the Read holding rmu.
 	spill []byte
 	// iov is readv's vector: vnet, the caller's first buffer, spill.
 	// +checklocks:rmu
