@@ -26,6 +26,9 @@ import (
 // a packet the kernel built itself is never checksummed in user space.
 // Only a GSO super-packet larger than that buffer spills into a buffer of
 // the device's, and is split anyway.
+// (wireguard-go's Read also returned the errors of its netlink listener,
+// which only reports link events; they are not read errors of the device,
+// and they no longer stop the reader.)
 //
 // Writes: writev(2), so an outgoing packet made of several buffers (gVisor
 // keeps headers and payload apart) reaches the kernel without being
