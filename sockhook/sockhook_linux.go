@@ -1,0 +1,178 @@
+package sockhook
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/link"
+	"golang.org/x/sys/unix"
+)
+
+// soNetnsCookie is SO_NETNS_COOKIE (Linux 5.14), not in x/sys/unix yet.
+const soNetnsCookie = 71
+
+// Hooks are the attached programs; Close detaches them.
+type Hooks struct {
+	progs  []*ebpf.Program
+	attach []ebpf.AttachType // where each of progs attaches
+	links  []link.Link
+}
+
+// Load builds and loads the programs for the calling thread's network
+// namespace; Attach then attaches them. Loading is what needs CAP_BPF and
+// CAP_NET_ADMIN (or CAP_SYS_ADMIN); without them Load returns an error
+// wrapping ErrNotPermitted, and the caller can go on without the hooks
+// having changed nothing.
+func Load(c Config) (*Hooks, error) {
+	if err := c.validate(); err != nil {
+		return nil, err
+	}
+	if c.Mark == 0 {
+		c.Mark = DefaultMark
+	}
+	cookie, err := NetnsCookie()
+	if err != nil {
+		return nil, err
+	}
+	pw := words(c.Prefix.Addr())
+	p := params{cookie: cookie, mark: c.Mark, prefix: [2]int32{pw[0], pw[1]}, target: c.Target}
+	progs := []struct {
+		name   string
+		attach ebpf.AttachType
+		ins    asm.Instructions
+	}{
+		{"uloop_connect6", ebpf.AttachCGroupInet6Connect, steer(p, false)},
+		{"uloop_sendmsg6", ebpf.AttachCGroupUDP6Sendmsg, steer(p, true)},
+		{"uloop_peer6", ebpf.AttachCgroupInet6GetPeername, unhide(p)},
+		{"uloop_sock6", ebpf.AttachCgroupInet6GetSockname, unhide(p)},
+		{"uloop_recv6", ebpf.AttachCGroupUDP6Recvmsg, unhide(p)},
+	}
+	h := &Hooks{}
+	for _, pr := range progs {
+		prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+			Name:         pr.name,
+			Type:         ebpf.CGroupSockAddr,
+			AttachType:   pr.attach,
+			Instructions: pr.ins,
+			License:      "GPL",
+		})
+		if err != nil {
+			h.Close()
+			if errors.Is(err, unix.EPERM) {
+				return nil, fmt.Errorf("sockhook: loading %s: %w (%v)", pr.name, ErrNotPermitted, err)
+			}
+			return nil, fmt.Errorf("sockhook: loading %s: %w", pr.name, err)
+		}
+		h.progs = append(h.progs, prog)
+		h.attach = append(h.attach, pr.attach)
+	}
+	return h, nil
+}
+
+// Attach attaches the loaded programs to the root of the cgroup v2
+// hierarchy, so that they see every socket of the namespace whatever
+// cgroup its process is in; from then on ::1 is steered. On error nothing
+// stays attached.
+func (h *Hooks) Attach() error {
+	cg, err := cgroup2Root()
+	if err != nil {
+		return err
+	}
+	dir, err := os.Open(cg)
+	if err != nil {
+		return fmt.Errorf("sockhook: opening %s: %w", cg, err)
+	}
+	defer dir.Close()
+	for i, prog := range h.progs {
+		// A bpf_link, never the legacy attachment: a link ends with the
+		// process, so a killed uloop leaves no hook behind.
+		l, err := link.AttachRawLink(link.RawLinkOptions{Target: int(dir.Fd()), Program: prog, Attach: h.attach[i]})
+		if err != nil {
+			h.detach()
+			return fmt.Errorf("sockhook: attaching to %s: %w", cg, err)
+		}
+		h.links = append(h.links, l)
+	}
+	return nil
+}
+
+// Attach loads the programs and attaches them (Load, then Hooks.Attach).
+func Attach(c Config) (*Hooks, error) {
+	h, err := Load(c)
+	if err != nil {
+		return nil, err
+	}
+	if err := h.Attach(); err != nil {
+		h.Close()
+		return nil, err
+	}
+	return h, nil
+}
+
+// detach closes the links, leaving the programs loaded.
+func (h *Hooks) detach() error {
+	var errs []error
+	for _, l := range h.links {
+		errs = append(errs, l.Close())
+	}
+	h.links = nil
+	return errors.Join(errs...)
+}
+
+// Close detaches the programs; ::1 goes through lo again for sockets that
+// connect or send from then on. A second call does nothing.
+func (h *Hooks) Close() error {
+	if h == nil {
+		return nil
+	}
+	errs := []error{h.detach()}
+	for _, p := range h.progs {
+		errs = append(errs, p.Close())
+	}
+	h.progs, h.attach = nil, nil
+	return errors.Join(errs...)
+}
+
+// NetnsCookie returns the calling thread's network namespace cookie, the
+// number bpf_get_netns_cookie gives programs for its sockets.
+func NetnsCookie() (uint64, error) {
+	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return 0, fmt.Errorf("sockhook: socket: %w", err)
+	}
+	defer unix.Close(fd)
+	c, err := unix.GetsockoptUint64(fd, unix.SOL_SOCKET, soNetnsCookie)
+	if err != nil {
+		return 0, fmt.Errorf("sockhook: reading the namespace cookie: %w", err)
+	}
+	return c, nil
+}
+
+// cgroup2Root finds where the cgroup v2 hierarchy is mounted
+// (/sys/fs/cgroup, or /sys/fs/cgroup/unified on a hybrid system).
+func cgroup2Root() (string, error) {
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		return "", fmt.Errorf("sockhook: %w", err)
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		// ID parent major:minor root mountpoint options [optional...] - fstype source superoptions
+		fields := strings.Fields(sc.Text())
+		for i, fl := range fields {
+			if fl == "-" && i+1 < len(fields) && fields[i+1] == "cgroup2" && len(fields) > 4 && fields[3] == "/" {
+				return fields[4], nil
+			}
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return "", fmt.Errorf("sockhook: reading mountinfo: %w", err)
+	}
+	return "", errors.New("sockhook: no cgroup v2 hierarchy mounted")
+}
