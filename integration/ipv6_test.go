@@ -4,7 +4,9 @@ package integration
 
 import (
 	"bytes"
+	"context"
 	"errors"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -37,8 +39,9 @@ func requireLoopback6(t *testing.T, what string, addr net.Addr) {
 // TestIPv6: ::1 through uloop. TCP and UDP to a server on [::] cross ulo0
 // and the stack, and both programs see ::1 wherever lo shows it; refused
 // ports, half-close and reset behave as on lo; UDP datagrams up to the
-// largest IPv6 one without jumbograms arrive whole. A server bound to
-// exactly [::1] and ping -6 ::1 still work, through lo (docs/semantics.md).
+// largest IPv6 one without jumbograms arrive whole. TCP listeners bound to
+// exactly [::1] are reached too; MPTCP listeners and UDP sockets bound
+// there, and ping -6 ::1, still work, through lo (docs/semantics.md).
 func TestIPv6(t *testing.T) {
 	bothModes(t, func(t *testing.T, e *env) {
 		t.Run("tcp", func(t *testing.T) {
@@ -201,30 +204,72 @@ func TestIPv6(t *testing.T) {
 				t.Fatalf("read after a datagram to a closed port: got %v, want ECONNREFUSED", err)
 			}
 		})
-		t.Run("http-curl", func(t *testing.T) {
-			// python3 -m http.server --bind :: is a server on [::]; curl
-			// to localhost tries ::1 first.
-			dir := t.TempDir()
-			blob := bytes.Repeat([]byte("localhost over ::1\n"), 100000)
-			if err := os.WriteFile(filepath.Join(dir, "blob"), blob, 0o644); err != nil {
+		for _, bind := range []string{"::", "::1"} {
+			t.Run("http-curl-bind-"+bind, func(t *testing.T) {
+				// python3 -m http.server on [::] and on [::1]; curl
+				// -6 to localhost goes to ::1.
+				dir := t.TempDir()
+				blob := bytes.Repeat([]byte("localhost over ::1\n"), 100000)
+				if err := os.WriteFile(filepath.Join(dir, "blob"), blob, 0o644); err != nil {
+					t.Fatal(err)
+				}
+				const port = 8006
+				srv := e.ns.start(t, "python3", "-m", "http.server", "--bind", bind, "--directory", dir, strconv.Itoa(port))
+				waitListening(t, srv, port)
+				before := e.snapshot(t)
+				out := filepath.Join(t.TempDir(), "got")
+				e.ns.mustRun(t, "curl", "--silent", "--show-error", "--fail", "--max-time", "30", "-6",
+					"--output", out, "http://localhost:"+strconv.Itoa(port)+"/blob")
+				if got, err := os.ReadFile(out); err != nil || !bytes.Equal(got, blob) {
+					t.Fatalf("curl fetched %d bytes (%v), want the %d-byte file byte for byte", len(got), err, len(blob))
+				}
+				e.requireCrossed(t, before)
+				e.requireGrew(t, before, "uloop_tcp_connections_total", 1)
+			})
+		}
+		t.Run("tcp-bound-to-loopback", func(t *testing.T) {
+			// A plain TCP listener on exactly [::1]: the stack reaches it
+			// through the lookup hook.
+			var l net.Listener
+			lc := net.ListenConfig{}
+			lc.SetMultipathTCP(false)
+			if err := e.ns.do(func() (err error) { l, err = lc.Listen(context.Background(), "tcp6", "[::1]:0"); return err }); err != nil {
 				t.Fatal(err)
 			}
-			const port = 8006
-			srv := e.ns.start(t, "python3", "-m", "http.server", "--bind", "::", "--directory", dir, strconv.Itoa(port))
-			waitListening(t, srv, port)
+			accepted := make(chan net.Conn, 1)
+			go func() {
+				c, err := l.Accept()
+				if err == nil {
+					accepted <- c
+				}
+				close(accepted)
+			}()
+			defer l.Close()
 			before := e.snapshot(t)
-			out := filepath.Join(t.TempDir(), "got")
-			e.ns.mustRun(t, "curl", "--silent", "--show-error", "--fail", "--max-time", "30", "-6",
-				"--output", out, "http://[::1]:"+strconv.Itoa(port)+"/blob")
-			if got, err := os.ReadFile(out); err != nil || !bytes.Equal(got, blob) {
-				t.Fatalf("curl fetched %d bytes (%v), want the %d-byte file byte for byte", len(got), err, len(blob))
+			c := e.ns.mustDial(t, "tcp6", l.Addr().String())
+			s := <-accepted
+			if s == nil {
+				t.Fatal("accept failed")
+			}
+			defer s.Close()
+			requireLoopback6(t, "client getpeername", c.RemoteAddr())
+			requireLoopback6(t, "server getsockname", s.LocalAddr())
+			requireLoopback6(t, "server accept/getpeername", s.RemoteAddr())
+			if _, err := c.Write([]byte("bound")); err != nil {
+				t.Fatal(err)
+			}
+			buf := make([]byte, 5)
+			s.SetReadDeadline(time.Now().Add(5 * time.Second))
+			if _, err := io.ReadFull(s, buf); err != nil || string(buf) != "bound" {
+				t.Fatalf("server read %q, %v; want \"bound\"", buf, err)
 			}
 			e.requireCrossed(t, before)
 			e.requireGrew(t, before, "uloop_tcp_connections_total", 1)
 		})
-		t.Run("bound-to-loopback", func(t *testing.T) {
-			// A server bound to exactly [::1] keeps lo (see
-			// docs/semantics.md); it must keep working.
+		t.Run("mptcp-and-udp-bound-to-loopback", func(t *testing.T) {
+			// An MPTCP listener (Go's default) or a UDP socket bound to
+			// exactly [::1] keeps lo (see docs/semantics.md); it must
+			// keep working.
 			l := e.ns.listen(t, "tcp6", "[::1]:0")
 			tcpEcho(t, l)
 			tcpRoundTrip(t, e.ns, "tcp6", l.Addr().String(), bytes.Repeat([]byte("six"), 100000))

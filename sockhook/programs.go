@@ -21,11 +21,30 @@ const (
 	sockMark   = 16 // __u32 mark
 	sockSrcIP6 = 28 // __u32 src_ip6[4]
 
+	// struct bpf_sock_ops
+	opsOp        = 0  // __u32 op
+	opsLocalIP6  = 48 // __u32 local_ip6[4]
+	opsLocalPort = 68 // __u32 local_port, host byte order
+	opTCPListen  = 11 // BPF_SOCK_OPS_TCP_LISTEN_CB
+
+	// struct bpf_sk_lookup
+	lookupProtocol  = 12 // __u32 protocol
+	lookupLocalIP6  = 44 // __u32 local_ip6[4]
+	lookupLocalPort = 60 // __u32 local_port, host byte order
+
 	// struct bpf_sock_tuple, its ipv6 member: saddr[4], daddr[4], sport, dport
 	tupleSize = 36
 )
 
-const ipprotoUDP = 17
+const (
+	ipprotoTCP = 6
+	ipprotoUDP = 17
+)
+
+// listenersMap is the symbol of the SOCKHASH of TCP listeners bound to
+// exactly [::1] in the namespace, keyed by port (host byte order): the
+// listen hook fills it, the kernel drops a socket from it when it closes.
+const listenersMap = "listeners"
 
 // words returns a's 16 bytes as the four 32-bit words a program loads from
 // a __u32[4] holding them in network byte order (little-endian loads here).
@@ -46,6 +65,7 @@ type params struct {
 	mark   uint32     // sockets carrying this SO_MARK are never steered
 	prefix [2]int32   // the /64 hidden as ::1: its first two words
 	target netip.Addr // where ::1 is steered: the stack's address
+	kernel netip.Addr // the kernel's address on the device
 }
 
 // inNamespace starts a program: R6 = ctx, then to "out" unless the socket
@@ -87,7 +107,8 @@ func exit() asm.Instructions {
 //   - for sendmsg, a control message asks for source ::1 (the same),
 //   - a socket bound to exactly [::1] takes the destination port (the
 //     stack reaches servers at the kernel's address on the device, where a
-//     socket bound to ::1 does not listen; those keep lo).
+//     socket bound to ::1 does not listen; those keep lo), unless it is a
+//     TCP listener the listen hook recorded (see listen and lookup).
 //
 // The last test is a socket lookup as for a packet from ::1 to [::1]:P: it
 // finds a listener (TCP) or bound socket (UDP) on [::1]:P or on [::]:P, and
@@ -126,7 +147,22 @@ func steer(p params, sendmsg bool) asm.Instructions {
 		asm.LSh.Imm(asm.R1, 16),
 		asm.StoreMem(asm.RFP, -8, asm.R1, asm.Word),
 		asm.LoadMem(asm.R7, asm.R6, addrProtocol, asm.Word),
-		asm.Mov.Reg(asm.R1, asm.R6),
+		// A TCP listener on [::1]:P that the listen hook recorded is
+		// reached through the device all the same: the lookup hook hands
+		// it the stack's connections to the kernel's address.
+		asm.JEq.Imm32(asm.R7, ipprotoUDP, "lookup"),
+		asm.LoadMem(asm.R1, asm.R6, addrUserPort, asm.Word),
+		asm.HostTo(asm.BE, asm.R1, asm.Half),
+		asm.StoreMem(asm.RFP, -44, asm.R1, asm.Word),
+		asm.LoadMapPtr(asm.R1, 0).WithReference(listenersMap),
+		asm.Mov.Reg(asm.R2, asm.RFP),
+		asm.Add.Imm(asm.R2, -44),
+		asm.FnMapLookupElem.Call(),
+		asm.JEq.Imm(asm.R0, 0, "lookup"),
+		asm.Mov.Reg(asm.R1, asm.R0),
+		asm.FnSkRelease.Call(),
+		asm.Ja.Label("rewrite"),
+		asm.Mov.Reg(asm.R1, asm.R6).WithSymbol("lookup"),
 		asm.Mov.Reg(asm.R2, asm.RFP),
 		asm.Add.Imm(asm.R2, -40),
 		asm.Mov.Imm(asm.R3, tupleSize),
@@ -177,4 +213,65 @@ func unhide(p params) asm.Instructions {
 		)
 	}
 	return append(ins, exit()...)
+}
+
+// listen is the sock_ops program: when a TCP socket of the namespace bound
+// to exactly [::1] starts listening, it records it in the listeners map
+// under its port. The kernel refuses sockets it cannot hold there (MPTCP
+// listeners, whose subflow carries a ULP); those are not recorded and keep
+// lo (see steer).
+func listen(p params) asm.Instructions {
+	ins := inNamespace(p)
+	ins = append(ins,
+		asm.LoadMem(asm.R1, asm.R6, opsOp, asm.Word),
+		asm.JNE.Imm32(asm.R1, opTCPListen, "out"),
+	)
+	ins = append(ins, isLoopback(asm.R6, opsLocalIP6, "out")...)
+	ins = append(ins,
+		asm.LoadMem(asm.R1, asm.R6, opsLocalPort, asm.Word),
+		asm.StoreMem(asm.RFP, -4, asm.R1, asm.Word),
+		asm.Mov.Reg(asm.R1, asm.R6),
+		asm.LoadMapPtr(asm.R2, 0).WithReference(listenersMap),
+		asm.Mov.Reg(asm.R3, asm.RFP),
+		asm.Add.Imm(asm.R3, -4),
+		asm.Mov.Imm(asm.R4, 0), // BPF_ANY
+		asm.FnSockHashUpdate.Call(),
+	)
+	return append(ins, exit()...)
+}
+
+// lookup is the sk_lookup program of the namespace: a TCP segment to the
+// kernel's address on the device, port P, goes to the listener on
+// [::1]:P the listen hook recorded, if any; otherwise the kernel looks up
+// its sockets as usual. So the stack's connection for a client of
+// [::1]:P reaches a server bound to ::1, which it could not otherwise.
+func lookup(p params) asm.Instructions {
+	ins := asm.Instructions{
+		asm.Mov.Reg(asm.R6, asm.R1),
+		asm.LoadMem(asm.R1, asm.R6, lookupProtocol, asm.Word),
+		asm.JNE.Imm32(asm.R1, ipprotoTCP, "out"),
+	}
+	for i, w := range words(p.kernel) {
+		ins = append(ins,
+			asm.LoadMem(asm.R1, asm.R6, int16(lookupLocalIP6+4*i), asm.Word),
+			asm.JNE.Imm32(asm.R1, w, "out"),
+		)
+	}
+	ins = append(ins,
+		asm.LoadMem(asm.R1, asm.R6, lookupLocalPort, asm.Word),
+		asm.StoreMem(asm.RFP, -4, asm.R1, asm.Word),
+		asm.LoadMapPtr(asm.R1, 0).WithReference(listenersMap),
+		asm.Mov.Reg(asm.R2, asm.RFP),
+		asm.Add.Imm(asm.R2, -4),
+		asm.FnMapLookupElem.Call(),
+		asm.JEq.Imm(asm.R0, 0, "out"),
+		asm.Mov.Reg(asm.R7, asm.R0),
+		asm.Mov.Reg(asm.R1, asm.R6),
+		asm.Mov.Reg(asm.R2, asm.R7),
+		asm.Mov.Imm(asm.R3, 0),
+		asm.FnSkAssign.Call(),
+		asm.Mov.Reg(asm.R1, asm.R7),
+		asm.FnSkRelease.Call(),
+	)
+	return append(ins, exit()...) // SK_PASS
 }

@@ -28,6 +28,10 @@ type Config struct {
 	Prefix netip.Prefix
 	// Target is the address in Prefix that ::1 is steered to.
 	Target netip.Addr
+	// Kernel is the kernel's address in Prefix, on the device: where the
+	// stack reaches servers, and where the lookup hook hands connections
+	// to TCP listeners bound to [::1].
+	Kernel netip.Addr
 	// Mark is the SO_MARK of sockets never steered (uloop's own); 0 means
 	// DefaultMark.
 	Mark uint32
@@ -45,8 +49,8 @@ func (c Config) validate() error {
 	switch {
 	case !c.Prefix.IsValid() || !c.Prefix.Addr().Is6() || c.Prefix.Bits() != 64:
 		return errors.New("sockhook: prefix must be an IPv6 /64")
-	case !c.Prefix.Contains(c.Target):
-		return errors.New("sockhook: target must lie in the prefix")
+	case !c.Prefix.Contains(c.Target) || !c.Prefix.Contains(c.Kernel):
+		return errors.New("sockhook: target and kernel addresses must lie in the prefix")
 	}
 	return nil
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 
 	"github.com/cilium/ebpf"
@@ -21,6 +22,8 @@ type Hooks struct {
 	progs  []*ebpf.Program
 	attach []ebpf.AttachType // where each of progs attaches
 	links  []link.Link
+	// listeners is the SOCKHASH the listen and lookup hooks share.
+	listeners *ebpf.Map
 }
 
 // Load builds and loads the programs for the calling thread's network
@@ -40,23 +43,40 @@ func Load(c Config) (*Hooks, error) {
 		return nil, err
 	}
 	pw := words(c.Prefix.Addr())
-	p := params{cookie: cookie, mark: c.Mark, prefix: [2]int32{pw[0], pw[1]}, target: c.Target}
+	p := params{cookie: cookie, mark: c.Mark, prefix: [2]int32{pw[0], pw[1]}, target: c.Target, kernel: c.Kernel}
 	progs := []struct {
 		name   string
+		typ    ebpf.ProgramType
 		attach ebpf.AttachType
 		ins    asm.Instructions
 	}{
-		{"uloop_connect6", ebpf.AttachCGroupInet6Connect, steer(p, false)},
-		{"uloop_sendmsg6", ebpf.AttachCGroupUDP6Sendmsg, steer(p, true)},
-		{"uloop_peer6", ebpf.AttachCgroupInet6GetPeername, unhide(p)},
-		{"uloop_sock6", ebpf.AttachCgroupInet6GetSockname, unhide(p)},
-		{"uloop_recv6", ebpf.AttachCGroupUDP6Recvmsg, unhide(p)},
+		{"uloop_connect6", ebpf.CGroupSockAddr, ebpf.AttachCGroupInet6Connect, steer(p, false)},
+		{"uloop_sendmsg6", ebpf.CGroupSockAddr, ebpf.AttachCGroupUDP6Sendmsg, steer(p, true)},
+		{"uloop_peer6", ebpf.CGroupSockAddr, ebpf.AttachCgroupInet6GetPeername, unhide(p)},
+		{"uloop_sock6", ebpf.CGroupSockAddr, ebpf.AttachCgroupInet6GetSockname, unhide(p)},
+		{"uloop_recv6", ebpf.CGroupSockAddr, ebpf.AttachCGroupUDP6Recvmsg, unhide(p)},
+		{"uloop_listen6", ebpf.SockOps, ebpf.AttachCGroupSockOps, listen(p)},
+		{"uloop_lookup6", ebpf.SkLookup, ebpf.AttachSkLookup, lookup(p)},
 	}
 	h := &Hooks{}
+	listeners, err := ebpf.NewMap(&ebpf.MapSpec{Name: "uloop_listen6", Type: ebpf.SockHash, KeySize: 4, ValueSize: 8, MaxEntries: 1 << 16})
+	if err != nil {
+		if errors.Is(err, unix.EPERM) {
+			return nil, fmt.Errorf("sockhook: creating the listeners map: %w (%v)", ErrNotPermitted, err)
+		}
+		return nil, fmt.Errorf("sockhook: creating the listeners map: %w", err)
+	}
+	h.listeners = listeners
 	for _, pr := range progs {
+		if slices.ContainsFunc(pr.ins, func(ins asm.Instruction) bool { return ins.Reference() == listenersMap }) {
+			if err := pr.ins.AssociateMap(listenersMap, listeners); err != nil {
+				h.Close()
+				return nil, fmt.Errorf("sockhook: %s: %w", pr.name, err)
+			}
+		}
 		prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
 			Name:         pr.name,
-			Type:         ebpf.CGroupSockAddr,
+			Type:         pr.typ,
 			AttachType:   pr.attach,
 			Instructions: pr.ins,
 			License:      "GPL",
@@ -88,10 +108,22 @@ func (h *Hooks) Attach() error {
 		return fmt.Errorf("sockhook: opening %s: %w", cg, err)
 	}
 	defer dir.Close()
+	ns, err := os.Open("/proc/thread-self/ns/net")
+	if err != nil {
+		return fmt.Errorf("sockhook: %w", err)
+	}
+	defer ns.Close()
 	for i, prog := range h.progs {
 		// A bpf_link, never the legacy attachment: a link ends with the
-		// process, so a killed uloop leaves no hook behind.
-		l, err := link.AttachRawLink(link.RawLinkOptions{Target: int(dir.Fd()), Program: prog, Attach: h.attach[i]})
+		// process, so a killed uloop leaves no hook behind. The lookup
+		// hook belongs to the namespace, the others to the cgroup.
+		var l link.Link
+		var err error
+		if h.attach[i] == ebpf.AttachSkLookup {
+			l, err = link.AttachNetNs(int(ns.Fd()), prog)
+		} else {
+			l, err = link.AttachRawLink(link.RawLinkOptions{Target: int(dir.Fd()), Program: prog, Attach: h.attach[i]})
+		}
 		if err != nil {
 			h.detach()
 			return fmt.Errorf("sockhook: attaching to %s: %w", cg, err)
@@ -135,6 +167,10 @@ func (h *Hooks) Close() error {
 		errs = append(errs, p.Close())
 	}
 	h.progs, h.attach = nil, nil
+	if h.listeners != nil {
+		errs = append(errs, h.listeners.Close())
+		h.listeners = nil
+	}
 	return errors.Join(errs...)
 }
 
