@@ -25,7 +25,9 @@ func loadHooks(rcfg route.Config, log *slog.Logger) (*sockhook.Hooks, route.Conf
 	}
 	h, err := sockhook.Load(sockhook.Config{Prefix: rcfg.IPv6, Target: rcfg.IPv6Stack(), Kernel: rcfg.IPv6Kernel()})
 	if errors.Is(err, sockhook.ErrNotPermitted) {
-		log.Warn("::1 stays on the kernel's lo: eBPF socket hooks need root (CAP_BPF and CAP_NET_ADMIN outside a user namespace); 127.0.0.0/8 goes through uloop as usual", "err", err)
+		// The kernel's own reason (EPERM) adds nothing for the user.
+		log.Warn("::1 stays on the kernel's lo: eBPF socket hooks need root (CAP_BPF and CAP_NET_ADMIN outside a user namespace); 127.0.0.0/8 goes through uloop as usual")
+		log.Debug("loading the socket hooks", "err", err)
 		rcfg.IPv6 = netip.Prefix{}
 		return nil, rcfg, nil
 	}
