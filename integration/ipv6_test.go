@@ -375,3 +375,53 @@ func TestIPv6Off(t *testing.T) {
 		}
 	})
 }
+
+// TestIPv6NeighbourCannotReachLoopback: the lookup hook hands the stack's
+// connections to the kernel's address on ulo0 to listeners bound to [::1];
+// a neighbour that routes the same address to this namespace over another
+// interface must not reach them (the IPv6 form of CVE-2020-8558).
+//
+//	e.ns (daemon's)                                peer
+//	  listener [::1]:P (plain TCP), [::]:Q
+//	  va fd99::1/64  <---------- veth ---------->  vb fd99::2/64
+//	                                               route fd75:6c6f:6f70::/64 via fd99::1
+//
+// The probe is validated by Q: the peer does reach a listener on [::]
+// through the same address, as it would any address of the namespace.
+func TestIPv6NeighbourCannotReachLoopback(t *testing.T) {
+	uloopOnly(t, func(t *testing.T) {
+		e := uloopEnv(t)
+		peer := newNS(t)
+		e.ns.mustRun(t, "ip", "link", "add", "va", "type", "veth", "peer", "name", "vb", "netns", peer.name)
+		e.ns.mustRun(t, "ip", "addr", "add", "fd99::1/64", "dev", "va", "nodad")
+		e.ns.mustRun(t, "ip", "link", "set", "va", "up")
+		peer.mustRun(t, "ip", "addr", "add", "fd99::2/64", "dev", "vb", "nodad")
+		peer.mustRun(t, "ip", "link", "set", "vb", "up")
+		peer.mustRun(t, "ip", "route", "add", "fd75:6c6f:6f70::/64", "via", "fd99::1")
+		kernelAddr := "fd75:6c6f:6f70::1"
+
+		var bound net.Listener
+		lc := net.ListenConfig{}
+		lc.SetMultipathTCP(false)
+		if err := e.ns.do(func() (err error) { bound, err = lc.Listen(context.Background(), "tcp6", "[::1]:0"); return err }); err != nil {
+			t.Fatal(err)
+		}
+		defer bound.Close()
+		tcpEcho(t, bound)
+		// Recorded by the listen hook: a local client reaches it
+		// through the stack.
+		before := e.snapshot(t)
+		tcpRoundTrip(t, e.ns, "tcp6", bound.Addr().String(), []byte("local"))
+		e.requireGrew(t, before, "uloop_tcp_connections_total", 1)
+
+		any := e.ns.listen(t, "tcp6", "[::]:0")
+		tcpEcho(t, any)
+		tcpRoundTrip(t, peer, "tcp6", net.JoinHostPort(kernelAddr, strconv.Itoa(portOf(any.Addr()))), []byte("probe"))
+
+		target := net.JoinHostPort(kernelAddr, strconv.Itoa(portOf(bound.Addr())))
+		if c, err := peer.dial("tcp6", target, 2*time.Second); err == nil {
+			c.Close()
+			t.Fatalf("connect to %s from the peer namespace: got the listener on [::1], want no connection", target)
+		}
+	})
+}

@@ -31,6 +31,7 @@ const (
 	lookupProtocol  = 12 // __u32 protocol
 	lookupLocalIP6  = 44 // __u32 local_ip6[4]
 	lookupLocalPort = 60 // __u32 local_port, host byte order
+	lookupIfindex   = 64 // __u32 ingress_ifindex
 
 	// struct bpf_sock_tuple, its ipv6 member: saddr[4], daddr[4], sport, dport
 	tupleSize = 36
@@ -66,6 +67,7 @@ type params struct {
 	prefix [2]int32   // the /64 hidden as ::1: its first two words
 	target netip.Addr // where ::1 is steered: the stack's address
 	kernel netip.Addr // the kernel's address on the device
+	device int        // the device's ifindex
 }
 
 // inNamespace starts a program: R6 = ctx, then to "out" unless the socket
@@ -240,14 +242,19 @@ func listen(p params) asm.Instructions {
 	return append(ins, exit()...)
 }
 
-// lookup is the sk_lookup program of the namespace: a TCP segment to the
-// kernel's address on the device, port P, goes to the listener on
-// [::1]:P the listen hook recorded, if any; otherwise the kernel looks up
-// its sockets as usual. So the stack's connection for a client of
-// [::1]:P reaches a server bound to ::1, which it could not otherwise.
+// lookup is the sk_lookup program of the namespace: a TCP segment that
+// arrives on the device for the kernel's address there, port P, goes to the
+// listener on [::1]:P the listen hook recorded, if any; otherwise the kernel
+// looks up its sockets as usual. So the stack's connection for a client of
+// [::1]:P reaches a server bound to ::1, which it could not otherwise. Only
+// segments from the device: only uloop writes there, whereas a neighbour
+// that routes the address here over another interface must not reach what
+// is bound to ::1 (the IPv6 form of CVE-2020-8558).
 func lookup(p params) asm.Instructions {
 	ins := asm.Instructions{
 		asm.Mov.Reg(asm.R6, asm.R1),
+		asm.LoadMem(asm.R1, asm.R6, lookupIfindex, asm.Word),
+		asm.JNE.Imm32(asm.R1, int32(p.device), "out"),
 		asm.LoadMem(asm.R1, asm.R6, lookupProtocol, asm.Word),
 		asm.JNE.Imm32(asm.R1, ipprotoTCP, "out"),
 	}

@@ -32,6 +32,9 @@ type Config struct {
 	// stack reaches servers, and where the lookup hook hands connections
 	// to TCP listeners bound to [::1].
 	Kernel netip.Addr
+	// Device is the TUN device: the lookup hook acts only on what arrives
+	// there.
+	Device string
 	// Mark is the SO_MARK of sockets never steered (uloop's own); 0 means
 	// DefaultMark.
 	Mark uint32

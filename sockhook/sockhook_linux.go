@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"slices"
 	"strings"
@@ -42,8 +43,12 @@ func Load(c Config) (*Hooks, error) {
 	if err != nil {
 		return nil, err
 	}
+	dev, err := net.InterfaceByName(c.Device)
+	if err != nil {
+		return nil, fmt.Errorf("sockhook: device %q: %w", c.Device, err)
+	}
 	pw := words(c.Prefix.Addr())
-	p := params{cookie: cookie, mark: c.Mark, prefix: [2]int32{pw[0], pw[1]}, target: c.Target, kernel: c.Kernel}
+	p := params{cookie: cookie, mark: c.Mark, prefix: [2]int32{pw[0], pw[1]}, target: c.Target, kernel: c.Kernel, device: dev.Index}
 	progs := []struct {
 		name   string
 		typ    ebpf.ProgramType

@@ -12,7 +12,7 @@ import (
 	"github.com/vishvananda/netlink"
 )
 
-var testConfig = Config{Prefix: netip.MustParsePrefix("fd75:6c6f:6f70::/64"), Target: netip.MustParseAddr("fd75:6c6f:6f70::2"), Kernel: netip.MustParseAddr("fd75:6c6f:6f70::1")}
+var testConfig = Config{Prefix: netip.MustParsePrefix("fd75:6c6f:6f70::/64"), Target: netip.MustParseAddr("fd75:6c6f:6f70::2"), Kernel: netip.MustParseAddr("fd75:6c6f:6f70::1"), Device: "lo"}
 
 // newNS returns a fresh namespace with lo up, deleted at the end.
 func newNS(t *testing.T) *netns.Namespace {

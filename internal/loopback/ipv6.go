@@ -23,7 +23,7 @@ func loadHooks(rcfg route.Config, log *slog.Logger) (*sockhook.Hooks, route.Conf
 	if !rcfg.IPv6.IsValid() {
 		return nil, rcfg, nil
 	}
-	h, err := sockhook.Load(sockhook.Config{Prefix: rcfg.IPv6, Target: rcfg.IPv6Stack(), Kernel: rcfg.IPv6Kernel()})
+	h, err := sockhook.Load(sockhook.Config{Prefix: rcfg.IPv6, Target: rcfg.IPv6Stack(), Kernel: rcfg.IPv6Kernel(), Device: rcfg.Device})
 	if errors.Is(err, sockhook.ErrNotPermitted) {
 		// The kernel's own reason (EPERM) adds nothing for the user.
 		log.Warn("::1 stays on the kernel's lo: eBPF socket hooks need root (CAP_BPF and CAP_NET_ADMIN outside a user namespace); 127.0.0.0/8 goes through uloop as usual")

@@ -104,15 +104,15 @@ type Loopback struct {
 // namespace (uloopd's control socket; a namespace of its own for `uloop
 // run`), and clear a killed predecessor's rules first if there can be one.
 func Up(o Options, rcfg route.Config, log *slog.Logger) (*Loopback, error) {
-	// Loaded first, before anything changes: without the privilege to load
-	// them ::1 stays on lo and the rest is as with --ipv6=false.
-	hooks, rcfg, err := loadHooks(rcfg, log)
+	dev, err := tundev.Create(o.Dev, o.MTU, o.Offload)
 	if err != nil {
 		return nil, err
 	}
-	dev, err := tundev.Create(o.Dev, o.MTU, o.Offload)
+	// Loaded before the routing changes (they depend on it): without the
+	// privilege to load them ::1 stays on lo, as with --ipv6=false.
+	hooks, rcfg, err := loadHooks(rcfg, log)
 	if err != nil {
-		hooks.Close()
+		dev.Close()
 		return nil, err
 	}
 	metrics := new(stack.Metrics)
