@@ -2,14 +2,18 @@ package sockhook
 
 import (
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"os"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/uloop/uloop/netns"
 	"github.com/vishvananda/netlink"
+	"golang.org/x/net/icmp"
+	"golang.org/x/net/ipv6"
 )
 
 var testConfig = Config{Prefix: netip.MustParsePrefix("fd75:6c6f:6f70::/64"), Target: netip.MustParseAddr("fd75:6c6f:6f70::2"), Kernel: netip.MustParseAddr("fd75:6c6f:6f70::1"), Device: "lo"}
@@ -71,5 +75,71 @@ func TestSteersOnlyItsNamespace(t *testing.T) {
 	}
 	if err := dialUDP6(served); err != nil {
 		t.Errorf("after Close: connect to [::1]:9 = %v, want lo again", err)
+	}
+}
+
+// TestICMPNotHooked shows why ping -6 ::1 stays on lo: the kernel runs no
+// cgroup sock_addr hook for ICMPv6 sockets (raw, or datagram "ping"
+// sockets), so an echo request to ::1 is not steered, while a UDP datagram
+// from the same namespace is.
+func TestICMPNotHooked(t *testing.T) {
+	ns := newNS(t)
+	var h *Hooks
+	if err := ns.Do(func() (err error) { h, err = Attach(testConfig); return err }); err != nil {
+		t.Fatalf("Attach: %v", err)
+	}
+	defer h.Close()
+	if err := dialUDP6(ns); !errors.Is(err, syscall.ENETUNREACH) {
+		t.Fatalf("UDP connect to [::1]:9 = %v, want ENETUNREACH (steered)", err)
+	}
+	for _, network := range []string{"ip6:ipv6-icmp", "udp6"} {
+		t.Run(network, func(t *testing.T) {
+			err := ns.Do(func() error {
+				if network == "udp6" {
+					// Ping sockets are open to the groups in this range.
+					if err := os.WriteFile("/proc/sys/net/ipv4/ping_group_range", []byte("0 0"), 0); err != nil {
+						return err
+					}
+				}
+				c, err := icmp.ListenPacket(network, "::")
+				if err != nil {
+					return err
+				}
+				defer c.Close()
+				req, _ := (&icmp.Message{Type: ipv6.ICMPTypeEchoRequest, Body: &icmp.Echo{ID: 7, Seq: 1, Data: []byte("hook?")}}).Marshal(nil)
+				var dst net.Addr = &net.IPAddr{IP: net.IPv6loopback}
+				if network == "udp6" {
+					dst = &net.UDPAddr{IP: net.IPv6loopback}
+				}
+				if _, err := c.WriteTo(req, dst); err != nil {
+					return fmt.Errorf("sendto ::1: %w (a hook would have steered it to %v, which has no route)", err, testConfig.Target)
+				}
+				c.SetReadDeadline(time.Now().Add(2 * time.Second))
+				buf := make([]byte, 1500)
+				for {
+					n, from, err := c.ReadFrom(buf)
+					if err != nil {
+						return fmt.Errorf("no echo reply from ::1: %w", err)
+					}
+					m, err := icmp.ParseMessage(58, buf[:n])
+					if err == nil && m.Type == ipv6.ICMPTypeEchoReply {
+						ip := net.IP(nil)
+						switch a := from.(type) {
+						case *net.IPAddr:
+							ip = a.IP
+						case *net.UDPAddr:
+							ip = a.IP
+						}
+						if !ip.Equal(net.IPv6loopback) {
+							return fmt.Errorf("echo reply from %v, want ::1", from)
+						}
+						return nil
+					}
+				}
+			})
+			if err != nil {
+				t.Fatalf("%s: %v", network, err)
+			}
+		})
 	}
 }
