@@ -291,6 +291,39 @@ func TestIPv6(t *testing.T) {
 				t.Fatalf("udp6 echo from [::1]: got %q, %v; want \"six\"", buf[:n], err)
 			}
 		})
+		t.Run("tcp-to-itself", func(t *testing.T) {
+			// A socket on [::]:P connected to [::1]:P is its own peer
+			// on lo; through uloop its segments are written back with
+			// their addresses swapped (stack.classify6).
+			l := e.ns.listen(t, "tcp6", "[::]:0")
+			port := portOf(l.Addr())
+			l.Close()
+			before := e.snapshot(t)
+			var c net.Conn
+			if err := e.ns.do(func() (err error) {
+				d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv6unspecified, Port: port}, Timeout: 5 * time.Second}
+				c, err = d.Dial("tcp6", loopback6(port))
+				return err
+			}); err != nil {
+				t.Fatalf("connect [::]:%d to [::1]:%d: %v", port, port, err)
+			}
+			defer c.Close()
+			requireLoopback6(t, "getsockname", c.LocalAddr())
+			requireLoopback6(t, "getpeername", c.RemoteAddr())
+			c.SetDeadline(time.Now().Add(20 * time.Second))
+			msg := bytes.Repeat([]byte("me, myself "), 100000)
+			errc := make(chan error, 1)
+			go func() { _, err := c.Write(msg); errc <- err }()
+			got := make([]byte, len(msg))
+			if _, err := io.ReadFull(c, got); err != nil || !bytes.Equal(got, msg) {
+				t.Fatalf("read back %d bytes: %v; want the %d written, unchanged", len(got), err, len(msg))
+			}
+			if err := <-errc; err != nil {
+				t.Fatal(err)
+			}
+			e.requireCrossed(t, before)
+			e.requireGrew(t, before, "uloop_passthrough_packets_total", 3)
+		})
 		t.Run("ping", func(t *testing.T) {
 			// Carried by lo: the kernel runs no socket hook for ICMP.
 			ping(t, e.ns, "::1", "-6", "-c", "2", "-W", "2")

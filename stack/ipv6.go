@@ -81,16 +81,30 @@ func (e *linkEndpoint) dispatcher6() stack.NetworkDispatcher {
 
 // classify6 decides where an IPv6 packet read from the device goes: TCP,
 // UDP, fragments (of large UDP datagrams, which the stack reassembles) and
-// echo requests to the stack; ICMPv6 errors back to the kernel with their
-// addresses swapped (see swapAddresses6); the rest (neighbour discovery,
-// MLD, extension headers the kernel sends on its own account) is dropped.
+// echo requests to the stack; ICMPv6 errors, and TCP from a socket to its
+// own port, back to the kernel with their addresses swapped (see
+// swapAddresses6); the rest (neighbour discovery, MLD, extension headers
+// the kernel sends on its own account) is dropped.
 func classify6(pkt []byte) verdict {
 	if len(pkt) < header.IPv6MinimumSize {
 		return drop
 	}
 	ip := header.IPv6(pkt)
 	switch ip.TransportProtocol() {
-	case header.TCPProtocolNumber, header.UDPProtocolNumber, tcpip.TransportProtocolNumber(header.IPv6FragmentHeader):
+	case header.TCPProtocolNumber:
+		// A socket connected to its own port (bound to [::]:P, connected
+		// to [::1]:P): K:P -> S:P. On lo it is its own peer; here the
+		// stack's two ends of the flow would have one tuple. Written back
+		// as S:P -> K:P, each segment reaches the socket as its peer's,
+		// and the kernel does what it does on lo (see classify for IPv4).
+		if len(pkt) >= header.IPv6MinimumSize+4 {
+			tcp := header.TCP(pkt[header.IPv6MinimumSize:])
+			if tcp.SourcePort() == tcp.DestinationPort() {
+				return swapBack
+			}
+		}
+		return toStack
+	case header.UDPProtocolNumber, tcpip.TransportProtocolNumber(header.IPv6FragmentHeader):
 		return toStack
 	case header.ICMPv6ProtocolNumber:
 		if len(pkt) < header.IPv6MinimumSize+header.ICMPv6MinimumSize {
@@ -113,14 +127,20 @@ func classify6(pkt []byte) verdict {
 // quoting S:E -> K:P; the client's socket wants S -> K quoting K:E -> S:P.
 // Swapping the source and destination of both the outer and the quoted
 // header does it, and leaves the ICMPv6 checksum right: its pseudo-header
-// and message hold the same 16-bit words in another order.
+// and message hold the same 16-bit words in another order. For any other
+// packet (TCP to itself) only the outer header is swapped, which leaves
+// the transport checksum right for the same reason.
 func swapAddresses6(pkt []byte) {
 	swap := func(ip header.IPv6) {
 		src, dst := ip.SourceAddress(), ip.DestinationAddress()
 		ip.SetSourceAddress(dst)
 		ip.SetDestinationAddress(src)
 	}
-	swap(header.IPv6(pkt))
+	ip := header.IPv6(pkt)
+	swap(ip)
+	if ip.TransportProtocol() != header.ICMPv6ProtocolNumber {
+		return
+	}
 	quoted := header.IPv6MinimumSize + header.ICMPv6ErrorHeaderSize
 	if len(pkt) >= quoted+header.IPv6MinimumSize {
 		swap(header.IPv6(pkt[quoted:]))
