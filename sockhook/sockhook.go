@@ -48,6 +48,10 @@ const DefaultMark = 0x756c6f6f
 // its own: the kernel allows neither there).
 var ErrNotPermitted = errors.New("loading eBPF socket hooks is not permitted (needs CAP_BPF and CAP_NET_ADMIN in the initial user namespace)")
 
+// ErrNoCgroup2 is returned by Load when no cgroup v2 hierarchy is mounted:
+// the hooks have nowhere to attach.
+var ErrNoCgroup2 = errors.New("no cgroup v2 hierarchy mounted (the socket hooks attach to its root)")
+
 func (c Config) validate() error {
 	switch {
 	case !c.Prefix.IsValid() || !c.Prefix.Addr().Is6() || c.Prefix.Bits() != 64:

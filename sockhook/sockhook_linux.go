@@ -43,6 +43,9 @@ func Load(c Config) (*Hooks, error) {
 	if err != nil {
 		return nil, err
 	}
+	if _, err := cgroup2Root(); err != nil {
+		return nil, err
+	}
 	dev, err := net.InterfaceByName(c.Device)
 	if err != nil {
 		return nil, fmt.Errorf("sockhook: device %q: %w", c.Device, err)
@@ -215,5 +218,5 @@ func cgroup2Root() (string, error) {
 	if err := sc.Err(); err != nil {
 		return "", fmt.Errorf("sockhook: reading mountinfo: %w", err)
 	}
-	return "", errors.New("sockhook: no cgroup v2 hierarchy mounted")
+	return "", fmt.Errorf("sockhook: %w", ErrNoCgroup2)
 }

@@ -31,6 +31,11 @@ func loadHooks(rcfg route.Config, log *slog.Logger) (*sockhook.Hooks, route.Conf
 		rcfg.IPv6 = netip.Prefix{}
 		return nil, rcfg, nil
 	}
+	if errors.Is(err, sockhook.ErrNoCgroup2) {
+		log.Warn("::1 stays on the kernel's lo: no cgroup v2 hierarchy is mounted for the eBPF socket hooks; 127.0.0.0/8 goes through uloop as usual")
+		rcfg.IPv6 = netip.Prefix{}
+		return nil, rcfg, nil
+	}
 	if err != nil {
 		return nil, rcfg, err
 	}
