@@ -143,3 +143,52 @@ func TestICMPNotHooked(t *testing.T) {
 		})
 	}
 }
+
+// TestNotSteered: sockets the hooks must leave on lo are not steered: one
+// carrying uloop's SO_MARK (no loops through uloop's own sockets), one bound
+// to ::1 (its packets could not leave lo), and one sending to a port that a
+// UDP socket bound to exactly [::1] holds (the stack could not reach it).
+func TestNotSteered(t *testing.T) {
+	ns := newNS(t)
+	var h *Hooks
+	if err := ns.Do(func() (err error) { h, err = Attach(testConfig); return err }); err != nil {
+		t.Fatalf("Attach: %v", err)
+	}
+	defer h.Close()
+	err := ns.Do(func() error {
+		marked := net.Dialer{Control: func(_, _ string, c syscall.RawConn) error {
+			var serr error
+			c.Control(func(fd uintptr) {
+				serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_MARK, DefaultMark)
+			})
+			return serr
+		}}
+		c, err := marked.Dial("udp6", "[::1]:9")
+		if err != nil {
+			return fmt.Errorf("marked socket: %w, want it on lo", err)
+		}
+		c.Close()
+		bound := net.Dialer{LocalAddr: &net.UDPAddr{IP: net.IPv6loopback}}
+		if c, err = bound.Dial("udp6", "[::1]:9"); err != nil {
+			return fmt.Errorf("socket bound to ::1: %w, want it on lo", err)
+		}
+		c.Close()
+		srv, err := net.ListenUDP("udp6", &net.UDPAddr{IP: net.IPv6loopback})
+		if err != nil {
+			return err
+		}
+		defer srv.Close()
+		if c, err = net.Dial("udp6", srv.LocalAddr().String()); err != nil {
+			return fmt.Errorf("to a port bound to [::1]: %w, want it on lo", err)
+		}
+		c.Close()
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The control: an unmarked, unbound socket to a free port is steered.
+	if err := dialUDP6(ns); !errors.Is(err, syscall.ENETUNREACH) {
+		t.Errorf("plain socket: connect to [::1]:9 = %v, want ENETUNREACH (steered)", err)
+	}
+}
