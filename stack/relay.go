@@ -495,9 +495,9 @@ func (f *udpFlow) info() Flow { return f.stats.info("udp", f.client, f.server) }
 // queue), and which gVisor's leak checker reports once per flow.
 func (r *relay) handleUDPPacket(id stack.TransportEndpointID, pkt *stack.PacketBuffer) bool {
 	if !r.admit() {
-		// An IPv6 datagram refused here is dropped: the client's socket
-		// would not match an ICMPv6 error from the stack's address.
-		if pkt.NetworkProtocolNumber == header.IPv4ProtocolNumber {
+		if pkt.NetworkProtocolNumber == header.IPv6ProtocolNumber {
+			r.sendPortUnreachable6(pkt)
+		} else {
 			r.sendPortUnreachable(pkt)
 		}
 		return true
