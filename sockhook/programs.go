@@ -42,6 +42,10 @@ const (
 	ipprotoUDP = 17
 )
 
+// offMap is the symbol of the one-entry ARRAY whose value, once not 0,
+// stops steering (see HandBack).
+const offMap = "off"
+
 // listenersMap is the symbol of the SOCKHASH of TCP listeners bound to
 // exactly [::1] in the namespace, keyed by port (host byte order): the
 // listen hook fills it, the kernel drops a socket from it when it closes.
@@ -103,6 +107,7 @@ func exit() asm.Instructions {
 
 // steer is the connect6 and (sendmsg true) sendmsg6 program: it rewrites a
 // destination of ::1 to p.target, unless
+//   - steering was handed back (the off map, see HandBack),
 //   - the socket carries p.mark (uloop's own),
 //   - it is bound to ::1 (its packets could not leave lo: the kernel drops
 //     ::1 arriving on any other device),
@@ -117,6 +122,18 @@ func exit() asm.Instructions {
 // only the first keeps lo.
 func steer(p params, sendmsg bool) asm.Instructions {
 	ins := inNamespace(p)
+	ins = append(ins,
+		// Handed back (a stopped or wedged uloop): steer nothing more.
+		asm.Mov.Imm(asm.R1, 0),
+		asm.StoreMem(asm.RFP, -4, asm.R1, asm.Word),
+		asm.LoadMapPtr(asm.R1, 0).WithReference(offMap),
+		asm.Mov.Reg(asm.R2, asm.RFP),
+		asm.Add.Imm(asm.R2, -4),
+		asm.FnMapLookupElem.Call(),
+		asm.JEq.Imm(asm.R0, 0, "out"),
+		asm.LoadMem(asm.R1, asm.R0, 0, asm.Word),
+		asm.JNE.Imm32(asm.R1, 0, "out"),
+	)
 	ins = append(ins, isLoopback(asm.R6, addrUserIP6, "out")...)
 	ins = append(ins,
 		asm.LoadMem(asm.R7, asm.R6, addrSk, asm.DWord),

@@ -25,6 +25,8 @@ type Hooks struct {
 	links  []link.Link
 	// listeners is the SOCKHASH the listen and lookup hooks share.
 	listeners *ebpf.Map
+	// off is the hand-back switch the steering programs read.
+	off *ebpf.Map
 }
 
 // Load builds and loads the programs for the calling thread's network
@@ -75,9 +77,16 @@ func Load(c Config) (*Hooks, error) {
 		return nil, fmt.Errorf("sockhook: creating the listeners map: %w", err)
 	}
 	h.listeners = listeners
+	if h.off, err = ebpf.NewMap(&ebpf.MapSpec{Name: "uloop_off6", Type: ebpf.Array, KeySize: 4, ValueSize: 4, MaxEntries: 1}); err != nil {
+		h.Close()
+		return nil, fmt.Errorf("sockhook: creating the hand-back switch: %w", err)
+	}
 	for _, pr := range progs {
-		if slices.ContainsFunc(pr.ins, func(ins asm.Instruction) bool { return ins.Reference() == listenersMap }) {
-			if err := pr.ins.AssociateMap(listenersMap, listeners); err != nil {
+		for sym, m := range map[string]*ebpf.Map{listenersMap: listeners, offMap: h.off} {
+			if !slices.ContainsFunc(pr.ins, func(ins asm.Instruction) bool { return ins.Reference() == sym }) {
+				continue
+			}
+			if err := pr.ins.AssociateMap(sym, m); err != nil {
 				h.Close()
 				return nil, fmt.Errorf("sockhook: %s: %w", pr.name, err)
 			}
@@ -175,11 +184,46 @@ func (h *Hooks) Close() error {
 		errs = append(errs, p.Close())
 	}
 	h.progs, h.attach = nil, nil
-	if h.listeners != nil {
-		errs = append(errs, h.listeners.Close())
-		h.listeners = nil
+	for _, m := range []**ebpf.Map{&h.listeners, &h.off} {
+		if *m != nil {
+			errs = append(errs, (*m).Close())
+			*m = nil
+		}
 	}
 	return errors.Join(errs...)
+}
+
+// Switch returns a new descriptor of the hand-back switch, for a process
+// that must be able to stop the steering while this one cannot (uloop
+// run's watchdog, when the data path is stopped); see HandBack.
+func (h *Hooks) Switch() (*os.File, error) {
+	if h == nil || h.off == nil {
+		return nil, errors.New("sockhook: no hooks loaded")
+	}
+	fd, err := unix.FcntlInt(uintptr(h.off.FD()), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("sockhook: %w", err)
+	}
+	return os.NewFile(uintptr(fd), "uloop-ipv6-switch"), nil
+}
+
+// HandBack stops the steering through f, a descriptor from Switch: from
+// then on connects and sends to ::1 go through lo, whatever state the
+// process holding the hooks is in. Sockets steered before keep their route.
+func HandBack(f *os.File) error {
+	fd, err := unix.FcntlInt(f.Fd(), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("sockhook: %w", err)
+	}
+	m, err := ebpf.NewMapFromFD(fd)
+	if err != nil {
+		return fmt.Errorf("sockhook: the hand-back switch: %w", err)
+	}
+	defer m.Close()
+	if err := m.Put(uint32(0), uint32(1)); err != nil {
+		return fmt.Errorf("sockhook: handing ::1 back: %w", err)
+	}
+	return nil
 }
 
 // NetnsCookie returns the calling thread's network namespace cookie, the

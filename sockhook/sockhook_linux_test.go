@@ -192,3 +192,28 @@ func TestNotSteered(t *testing.T) {
 		t.Errorf("plain socket: connect to [::1]:9 = %v, want ENETUNREACH (steered)", err)
 	}
 }
+
+// TestHandBack: through the switch's descriptor another party stops the
+// steering, while the hooks stay attached.
+func TestHandBack(t *testing.T) {
+	ns := newNS(t)
+	var h *Hooks
+	if err := ns.Do(func() (err error) { h, err = Attach(testConfig); return err }); err != nil {
+		t.Fatalf("Attach: %v", err)
+	}
+	defer h.Close()
+	f, err := h.Switch()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := dialUDP6(ns); !errors.Is(err, syscall.ENETUNREACH) {
+		t.Fatalf("before: connect to [::1]:9 = %v, want ENETUNREACH (steered)", err)
+	}
+	if err := HandBack(f); err != nil {
+		t.Fatalf("HandBack: %v", err)
+	}
+	if err := dialUDP6(ns); err != nil {
+		t.Errorf("after HandBack: connect to [::1]:9 = %v, want lo", err)
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"os"
 	"time"
 
 	"github.com/uloop/uloop/route"
@@ -81,4 +82,13 @@ func probe6(m *stack.Metrics) error {
 		return errors.New("probe connection to ::1 did not go through the stack")
 	}
 	return nil
+}
+
+// IPv6Switch returns a descriptor of the socket hooks' hand-back switch
+// (sockhook.Hooks.Switch), or nil if ::1 is not carried.
+func (l *Loopback) IPv6Switch() (*os.File, error) {
+	if l.hooks == nil {
+		return nil, nil
+	}
+	return l.hooks.Switch()
 }
