@@ -419,8 +419,10 @@ func TestIPv6Off(t *testing.T) {
 //	  va fd99::1/64  <---------- veth ---------->  vb fd99::2/64
 //	                                               route fd75:6c6f:6f70::/64 via fd99::1
 //
-// The probe is validated by Q: the peer does reach a listener on [::]
-// through the same address, as it would any address of the namespace.
+// The probe is validated by Q: the peer does reach a listener on [::] at
+// va's address (but not at the kernel's address on ulo0: nothing from
+// outside reaches the /64). Nor may a packet from the /64 that arrives
+// from outside reach a server: the hooks would show its source as ::1.
 func TestIPv6NeighbourCannotReachLoopback(t *testing.T) {
 	uloopOnly(t, func(t *testing.T) {
 		e := uloopEnv(t)
@@ -449,12 +451,66 @@ func TestIPv6NeighbourCannotReachLoopback(t *testing.T) {
 
 		any := e.ns.listen(t, "tcp6", "[::]:0")
 		tcpEcho(t, any)
-		tcpRoundTrip(t, peer, "tcp6", net.JoinHostPort(kernelAddr, strconv.Itoa(portOf(any.Addr()))), []byte("probe"))
+		// The control: the peer reaches a listener on [::] at va's
+		// address, so the veth and route work; at the kernel's address
+		// on ulo0 it reaches nothing (the /64 is uloop's alone).
+		tcpRoundTrip(t, peer, "tcp6", net.JoinHostPort("fd99::1", strconv.Itoa(portOf(any.Addr()))), []byte("probe"))
+		if c, err := peer.dial("tcp6", net.JoinHostPort(kernelAddr, strconv.Itoa(portOf(any.Addr()))), 2*time.Second); err == nil {
+			c.Close()
+			t.Errorf("connect to [%s]:%d (a listener on [::]) from the peer: got a connection, want none", kernelAddr, portOf(any.Addr()))
+		}
 
 		target := net.JoinHostPort(kernelAddr, strconv.Itoa(portOf(bound.Addr())))
 		if c, err := peer.dial("tcp6", target, 2*time.Second); err == nil {
 			c.Close()
 			t.Fatalf("connect to %s from the peer namespace: got the listener on [::1], want no connection", target)
 		}
+
+		t.Run("spoofed-source", func(t *testing.T) {
+			// The hooks show every address of the /64 as ::1, so a
+			// datagram from one of them that came from outside would
+			// look to the server as if from ::1. The lookup hook drops
+			// it; one from the peer's own address (the control) arrives.
+			peer.mustRun(t, "ip", "addr", "add", "fd75:6c6f:6f70::5/128", "dev", "vb", "nodad")
+			var srv *net.UDPConn
+			if err := e.ns.do(func() (err error) {
+				srv, err = net.ListenUDP("udp6", &net.UDPAddr{IP: net.IPv6unspecified})
+				return err
+			}); err != nil {
+				t.Fatal(err)
+			}
+			defer srv.Close()
+			dst := &net.UDPAddr{IP: net.ParseIP("fd99::1"), Port: portOf(srv.LocalAddr())}
+			send := func(from string, msg string) {
+				t.Helper()
+				if err := peer.do(func() error {
+					c, err := net.DialUDP("udp6", &net.UDPAddr{IP: net.ParseIP(from)}, dst)
+					if err != nil {
+						return err
+					}
+					defer c.Close()
+					_, err = c.Write([]byte(msg))
+					return err
+				}); err != nil {
+					t.Fatalf("send from %s: %v", from, err)
+				}
+			}
+			send("fd75:6c6f:6f70::5", "spoofed")
+			send("fd99::2", "control")
+			buf := make([]byte, 64)
+			for {
+				srv.SetReadDeadline(time.Now().Add(3 * time.Second))
+				n, from, err := srv.ReadFromUDP(buf)
+				if err != nil {
+					t.Fatalf("the control datagram from fd99::2 did not arrive: %v", err)
+				}
+				if string(buf[:n]) == "spoofed" {
+					t.Fatalf("a datagram from fd75:6c6f:6f70::5 that arrived on va reached the server, which sees it from %v", from)
+				}
+				if string(buf[:n]) == "control" {
+					break
+				}
+			}
+		})
 	})
 }

@@ -30,6 +30,7 @@ const (
 	// struct bpf_sk_lookup
 	lookupProtocol  = 12 // __u32 protocol
 	lookupLocalIP6  = 44 // __u32 local_ip6[4]
+	lookupRemoteIP6 = 20 // __u32 remote_ip6[4]
 	lookupLocalPort = 60 // __u32 local_port, host byte order
 	lookupIfindex   = 64 // __u32 ingress_ifindex
 
@@ -40,6 +41,8 @@ const (
 const (
 	ipprotoTCP = 6
 	ipprotoUDP = 17
+	// loopbackIfindex is lo's ifindex in every network namespace.
+	loopbackIfindex = 1
 )
 
 // offMap is the symbol of the one-entry ARRAY whose value, once not 0,
@@ -267,12 +270,28 @@ func listen(p params) asm.Instructions {
 // segments from the device: only uloop writes there, whereas a neighbour
 // that routes the address here over another interface must not reach what
 // is bound to ::1 (the IPv6 form of CVE-2020-8558).
+//
+// It also drops what arrives from elsewhere (neither the device nor lo,
+// which carries only the namespace's own packets) from or to an address
+// of the /64: the hooks show every such address as ::1, so a datagram from
+// a neighbour claiming one would look to a server as if from ::1.
 func lookup(p params) asm.Instructions {
 	ins := asm.Instructions{
 		asm.Mov.Reg(asm.R6, asm.R1),
 		asm.LoadMem(asm.R1, asm.R6, lookupIfindex, asm.Word),
-		asm.JNE.Imm32(asm.R1, int32(p.device), "out"),
-		asm.LoadMem(asm.R1, asm.R6, lookupProtocol, asm.Word),
+		asm.JEq.Imm32(asm.R1, int32(p.device), "from_device"),
+		asm.JEq.Imm32(asm.R1, loopbackIfindex, "out"),
+		asm.LoadMem(asm.R1, asm.R6, lookupRemoteIP6, asm.Word),
+		asm.JNE.Imm32(asm.R1, p.prefix[0], "to_prefix"),
+		asm.LoadMem(asm.R1, asm.R6, lookupRemoteIP6+4, asm.Word),
+		asm.JEq.Imm32(asm.R1, p.prefix[1], "drop"),
+		asm.LoadMem(asm.R1, asm.R6, lookupLocalIP6, asm.Word).WithSymbol("to_prefix"),
+		asm.JNE.Imm32(asm.R1, p.prefix[0], "out"),
+		asm.LoadMem(asm.R1, asm.R6, lookupLocalIP6+4, asm.Word),
+		asm.JNE.Imm32(asm.R1, p.prefix[1], "out"),
+		asm.Mov.Imm(asm.R0, 0).WithSymbol("drop"), // SK_DROP
+		asm.Return(),
+		asm.LoadMem(asm.R1, asm.R6, lookupProtocol, asm.Word).WithSymbol("from_device"),
 		asm.JNE.Imm32(asm.R1, ipprotoTCP, "out"),
 	}
 	for i, w := range words(p.kernel) {
