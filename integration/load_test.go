@@ -175,7 +175,7 @@ func echoDatagram(ns *netNS, srv *net.UDPAddr, msg []byte, ports map[int]bool) e
 }
 
 // TestFlowLimit: with --max-flows 8 and 8 TCP connections held, a 9th
-// connect and a new UDP flow are refused at once (as a port without a
+// connect and a new UDP flow (to 127.0.0.1 or ::1) are refused at once (as a port without a
 // listener would refuse them), the 8 go on working, and once they close new
 // connections work again.
 func TestFlowLimit(t *testing.T) {
@@ -227,12 +227,33 @@ func TestFlowLimit(t *testing.T) {
 				t.Fatalf("read on a new UDP flow past --max-flows %d: got %d bytes, err %v; want ECONNREFUSED", limit, n, err)
 			}
 		})
+		t.Run("udp6-refused", func(t *testing.T) {
+			// Over ::1 too: the stack's ICMPv6 error quotes the
+			// datagram as the client's socket sent it.
+			var srv6 *net.UDPConn
+			if err := e.ns.do(func() (err error) {
+				srv6, err = net.ListenUDP("udp6", &net.UDPAddr{IP: net.IPv6unspecified})
+				return err
+			}); err != nil {
+				t.Fatal(err)
+			}
+			udpEcho(t, srv6)
+			c := dialUDP(t, e.ns, "udp6", &net.UDPAddr{IP: net.IPv6loopback, Port: portOf(srv6.LocalAddr())})
+			if _, err := c.Write([]byte("one too many")); err != nil {
+				t.Fatalf("first write: got %v, want success (the refusal comes after)", err)
+			}
+			c.SetReadDeadline(time.Now().Add(3 * time.Second))
+			n, err := c.Read(make([]byte, 64))
+			if !errors.Is(err, syscall.ECONNREFUSED) {
+				t.Fatalf("read on a new UDP flow to [::1] past --max-flows %d: got %d bytes, err %v; want ECONNREFUSED", limit, n, err)
+			}
+		})
 		t.Run("held-still-work", func(t *testing.T) {
 			for i, c := range held {
 				exchange(t, c, c, []byte(fmt.Sprintf("still held %d", i)))
 			}
 		})
-		e.requireGrew(t, before, "uloop_flows_rejected_total", 2)
+		e.requireGrew(t, before, "uloop_flows_rejected_total", 3)
 
 		t.Run("after-closing", func(t *testing.T) {
 			for _, c := range held {

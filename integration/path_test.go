@@ -44,9 +44,10 @@ func TestPathThroughTUN(t *testing.T) {
 // are read (measured here: final ACKs, a FIN the server's kernel retransmits
 // about 10 ms later, and the RST that answers the stack's ACK to that
 // retransmit; under 100 bytes each). Nothing else crosses an idle ulo0:
-// route turns IPv6 off on it before the link goes up, so it sends no router
-// solicitations or MLD reports (an idle ulo0 moved no packet in 6 s after
-// ready). A TCP exchange of 1 MiB or a 1000-byte ping that went through ulo0
+// route gives it no link-local address (addr_gen_mode 1; disable_ipv6 with
+// --ipv6=false) before the link goes up, and it is a NOARP device, so it
+// sends no router solicitations, MLD reports or duplicate address detection
+// (an idle ulo0 moved no packet in 6 s after ready). A TCP exchange of 1 MiB or a 1000-byte ping that went through ulo0
 // would exceed it many times over.
 const linkNoise = 4096
 

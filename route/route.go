@@ -53,6 +53,11 @@ type Config struct {
 	Prefix   netip.Prefix // part of 127.0.0.0/8 taken over; zero value means 127.0.0.0/8
 	Table    int          // 0 means DefaultTable
 	Priority int          // 0 means DefaultPriority
+	// IPv6, if valid, is the /64 that carries ::1 through the device
+	// (the socket hooks rewrite ::1 into it): Apply leaves IPv6 on for the
+	// device and gives it IPv6Kernel. The zero value turns IPv6 off on the
+	// device, as before ::1 was carried.
+	IPv6 netip.Prefix
 }
 
 func (c Config) withDefaults() Config {
@@ -94,6 +99,9 @@ func (c Config) Validate() error {
 	}
 	if c.Priority < 0 || c.Priority+1 >= 32766 {
 		return fmt.Errorf("priority %d: want 1 to 32764", c.Priority)
+	}
+	if p := c.IPv6; p.IsValid() && (!p.Addr().Is6() || p.Addr().Is4In6() || p.Bits() != 64 || p != p.Masked()) {
+		return fmt.Errorf("IPv6 prefix %v: want a /64 without host bits", p)
 	}
 	return nil
 }

@@ -48,7 +48,7 @@ func (t *Takeover) apply(c Config) error {
 	}
 	type step func() (undo func() error, err error)
 	var steps []step
-	for _, s := range DeviceSysctls(c.Device) {
+	for _, s := range c.sysctls() {
 		if strings.HasPrefix(s.Key, "net/ipv6/") && !ipv6Enabled() {
 			continue
 		}
@@ -65,6 +65,9 @@ func (t *Takeover) apply(c Config) error {
 		func() (func() error, error) { return addRule(c.rule()) },
 		func() (func() error, error) { return delRule(localRule(0)) },
 	)
+	if c.IPv6.IsValid() {
+		steps = append(steps, func() (func() error, error) { return addAddr6(dev.Attrs().Name, c.IPv6Kernel()) })
+	}
 	for i, s := range steps {
 		undo, err := s()
 		if undo != nil {

@@ -21,3 +21,6 @@ func CleanupRouting(c Config) error { return errUnsupported }
 
 // HandBack is only implemented on Linux.
 func HandBack(c Config) error { return errUnsupported }
+
+// HandBack6 is only implemented on Linux.
+func HandBack6(c Config) error { return errUnsupported }

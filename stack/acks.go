@@ -91,7 +91,9 @@ type outSegment struct {
 // parseTCP reads pkt's TCP header; false if pkt is not an unfragmented
 // IPv4 TCP segment.
 func parseTCP(pkt [][]byte) (outSegment, bool) {
-	if len(pkt) == 0 || len(pkt[0]) < header.IPv4MinimumSize {
+	// IPv6 segments are sent as they come: the version check keeps an IPv6
+	// header from being read as an IPv4 one.
+	if len(pkt) == 0 || len(pkt[0]) < header.IPv4MinimumSize || header.IPVersion(pkt[0]) != header.IPv4Version {
 		return outSegment{}, false
 	}
 	ip := header.IPv4(pkt[0])

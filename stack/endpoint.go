@@ -61,6 +61,9 @@ type linkEndpoint struct {
 	// readErr is why the reader stopped, if not because of Close.
 	// +checklocks:mu
 	readErr error
+	// v6 is the dispatcher of the stack's IPv6 NIC, set when that NIC
+	// attaches (see link6); nil while IPv6 is off.
+	v6 atomic.Pointer[stack.NetworkDispatcher]
 }
 
 var (
@@ -273,16 +276,34 @@ func (e *linkEndpoint) deliver(d stack.NetworkDispatcher, v *buffer.View, h tund
 	if trusted {
 		e.metrics.TUNRxChecksumTrusted.Add(1)
 	}
+	proto := header.IPv4ProtocolNumber
+	if header.IPVersion(pkt) == header.IPv6Version {
+		proto = header.IPv6ProtocolNumber
+		// IPv6 goes to the stack's IPv6 NIC (see link6); without one
+		// (IPv6 off) there is nothing to deliver it to.
+		if d = e.dispatcher6(); d == nil {
+			e.metrics.DroppedPackets.Add(1)
+			v.Release()
+			return
+		}
+	}
 	switch classify(pkt) {
 	case toStack:
 		pb := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: splitHeaders(v)})
 		e.rxTrusted.Store(trusted)
-		d.DeliverNetworkPacket(header.IPv4ProtocolNumber, pb)
+		d.DeliverNetworkPacket(proto, pb)
 		pb.DecRef()
 	case passThrough:
 		// Back with what the kernel said about its checksum: a partial
 		// one stays partial, and the kernel trusts it again on delivery.
 		e.metrics.PassthroughPackets.Add(1)
+		e.write(tundev.VirtioNetHdr{Flags: h.Flags, CsumStart: h.CsumStart, CsumOffset: h.CsumOffset}, [][]byte{pkt})
+		v.Release()
+	case swapBack:
+		// As passThrough: swapping source and destination leaves a
+		// partial checksum right (the pseudo-header sum is the same).
+		e.metrics.PassthroughPackets.Add(1)
+		swapAddresses6(pkt)
 		e.write(tundev.VirtioNetHdr{Flags: h.Flags, CsumStart: h.CsumStart, CsumOffset: h.CsumOffset}, [][]byte{pkt})
 		v.Release()
 	default:
@@ -313,6 +334,9 @@ func splitHeaders(v *buffer.View) buffer.Buffer {
 // headersLen is the length of the IPv4 and transport headers at the start
 // of pkt, as far as it can tell; gVisor checks them properly.
 func headersLen(pkt []byte) int {
+	if header.IPVersion(pkt) == header.IPv6Version {
+		return headersLen6(pkt)
+	}
 	ip := header.IPv4(pkt)
 	n := int(ip.HeaderLength())
 	if ip.FragmentOffset() != 0 {
@@ -337,6 +361,9 @@ const (
 	drop verdict = iota
 	toStack
 	passThrough
+	// swapBack: an IPv6 packet written back with its addresses swapped
+	// (swapAddresses6).
+	swapBack
 )
 
 // classify decides where a packet read from the device goes. The stack
@@ -346,8 +373,7 @@ const (
 // lo would have. Because relayed flows use the client's own addresses and
 // ports, an ICMP error the kernel sends about them (port unreachable) is
 // already addressed and quoted the way the client's socket expects.
-// Anything that is not IPv4 is dropped: the device carries no IPv6 (Linux
-// refuses ::1 on any device but lo).
+// IPv6 is classified by classify6.
 //
 // TCP between a socket and itself (connected to its own address and port) is
 // handed back too. On lo that socket is its own peer: its SYN reaches itself
@@ -361,6 +387,9 @@ const (
 // crosses the device and uloopd, and the kernel does exactly what it does on
 // lo.
 func classify(pkt []byte) verdict {
+	if len(pkt) > 0 && header.IPVersion(pkt) == header.IPv6Version {
+		return classify6(pkt)
+	}
 	if len(pkt) < header.IPv4MinimumSize || header.IPVersion(pkt) != header.IPv4Version {
 		return drop
 	}
@@ -422,9 +451,14 @@ func (e *linkEndpoint) write(vnet tundev.VirtioNetHdr, pkt [][]byte) error {
 // to the device as the list of views it already is (writev), with a
 // virtio-net header built from its GSO options.
 func (e *linkEndpoint) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error) {
+	return e.writePackets(pkts, vnetHdr)
+}
+
+// writePackets writes pkts, each with the virtio-net header hdr gives it.
+func (e *linkEndpoint) writePackets(pkts stack.PacketBufferList, hdr func(*stack.PacketBuffer) tundev.VirtioNetHdr) (int, tcpip.Error) {
 	n := 0
 	for _, pkt := range pkts.AsSlice() {
-		if err := e.acks.send(vnetHdr(pkt), pkt.AsSlices()); err != nil {
+		if err := e.acks.send(hdr(pkt), pkt.AsSlices()); err != nil {
 			if errors.Is(err, os.ErrClosed) {
 				if n == 0 {
 					return 0, &tcpip.ErrClosedForSend{}

@@ -26,6 +26,10 @@ func FuzzInbound(f *testing.F) {
 		ipv4Packet(lo, [4]byte{127, 9, 9, 9}, header.UDPProtocolNumber, udp),
 		echoRequest(lo, lo, 1, 1, []byte("fuzz")),
 		ipv4Packet(lo, lo, 253, []byte("other protocol")),
+		ipv6Packet(kernel6, stack6, header.TCPProtocolNumber, syn),
+		ipv6Packet(kernel6, stack6, header.UDPProtocolNumber, udp),
+		ipv6Packet(kernel6, stack6, header.ICMPv6ProtocolNumber, icmpv6(header.ICMPv6DstUnreachable, ipv6Packet(stack6, kernel6, header.UDPProtocolNumber, udp))),
+		ipv6Packet(kernel6, stack6, header.ICMPv6ProtocolNumber, icmpv6(header.ICMPv6EchoRequest, []byte("fuzz"))),
 		{0x45, 0, 0, 20},
 		{0x60, 0, 0, 0, 0, 0, 6, 64},
 		{},
@@ -36,7 +40,8 @@ func FuzzInbound(f *testing.F) {
 		if len(pkt) > maxIPv4PacketSize {
 			return
 		}
-		s, err := New(Config{Device: newDiscardDevice(), dialTimeout: 10 * time.Millisecond})
+		// IPv6 on, as by default: both families are parsed.
+		s, err := New(Config{Device: newDiscardDevice(), IPv6: config6.IPv6, dialTimeout: 10 * time.Millisecond})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -5,7 +5,6 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/checksum"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
-	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/icmp"
 )
@@ -74,11 +73,43 @@ func (r *relay) sendPortUnreachable(pkt *stack.PacketBuffer) {
 	writeICMP(r.gv, r.metrics, ip.DestinationAddress(), ip.SourceAddress(), 0, msg)
 }
 
-// writeICMP sends the ICMP message msg (which it takes) from local to
-// remote through gv's TUN NIC; spoofing lets local be any 127/8 address. A
-// message that cannot be sent is counted in m.DroppedPackets.
+// icmp6QuoteMax is how much of an offending packet an ICMPv6 error quotes:
+// as much as keeps the error within the minimum IPv6 MTU (RFC 4443 2.4).
+const icmp6QuoteMax = header.IPv6MinimumMTU - header.IPv6MinimumSize - header.ICMPv6ErrorHeaderSize
+
+// sendPortUnreachable6 is sendPortUnreachable for IPv6: the error goes from
+// the datagram's destination (S, the stack's address) to its source (K),
+// quoting the datagram as the client's socket sent it (K:E -> S:P), which
+// is what that socket matches it against.
+func (r *relay) sendPortUnreachable6(pkt *stack.PacketBuffer) {
+	ip := header.IPv6(pkt.NetworkHeader().Slice())
+	quote := stack.PayloadSince(pkt.NetworkHeader())
+	defer quote.Release()
+	q := quote.AsSlice()
+	if len(q) > icmp6QuoteMax {
+		q = q[:icmp6QuoteMax]
+	}
+	msg := buffer.NewViewSize(header.ICMPv6ErrorHeaderSize + len(q))
+	b := msg.AsSlice()
+	h := header.ICMPv6(b)
+	h.SetType(header.ICMPv6DstUnreachable)
+	h.SetCode(header.ICMPv6PortUnreachable)
+	copy(b[header.ICMPv6ErrorHeaderSize:], q)
+	local, remote := ip.DestinationAddress(), ip.SourceAddress()
+	h.SetChecksum(header.ICMPv6Checksum(header.ICMPv6ChecksumParams{Header: h, Src: local, Dst: remote}))
+	writeICMP(r.gv, r.metrics, local, remote, 0, msg)
+}
+
+// writeICMP sends the ICMP (or, between IPv6 addresses, ICMPv6) message msg
+// (which it takes) from local to remote through gv's TUN NIC for their
+// family; spoofing lets local be any address of the prefix. A message that
+// cannot be sent is counted in m.DroppedPackets.
 func writeICMP(gv *stack.Stack, m *Metrics, local, remote tcpip.Address, tos uint8, msg *buffer.View) bool {
-	route, err := gv.FindRoute(tunNIC, local, remote, ipv4.ProtocolNumber, false)
+	transport := icmp.ProtocolNumber4
+	if netProto(local) == header.IPv6ProtocolNumber {
+		transport = icmp.ProtocolNumber6
+	}
+	route, err := gv.FindRoute(nicFor(local), local, remote, netProto(local), false)
 	if err != nil {
 		msg.Release()
 		m.DroppedPackets.Add(1)
@@ -90,9 +121,9 @@ func writeICMP(gv *stack.Stack, m *Metrics, local, remote tcpip.Address, tos uin
 		Payload:            buffer.MakeWithView(msg),
 	})
 	defer out.DecRef()
-	out.TransportProtocolNumber = icmp.ProtocolNumber4
+	out.TransportProtocolNumber = transport
 	if err := route.WritePacket(stack.NetworkHeaderParams{
-		Protocol: icmp.ProtocolNumber4,
+		Protocol: transport,
 		TTL:      route.DefaultTTL(),
 		TOS:      tos,
 	}, out); err != nil {

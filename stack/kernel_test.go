@@ -11,6 +11,7 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/link/channel"
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
+	"gvisor.dev/gvisor/pkg/tcpip/network/ipv6"
 	gstack "gvisor.dev/gvisor/pkg/tcpip/stack"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/icmp"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
@@ -31,8 +32,8 @@ func newFakeKernel(t testing.TB, mtu int) *fakeKernel {
 	t.Helper()
 	k := &fakeKernel{
 		gv: gstack.New(gstack.Options{
-			NetworkProtocols:   []gstack.NetworkProtocolFactory{ipv4.NewProtocolWithOptions(ipv4.Options{AllowExternalLoopbackTraffic: true})},
-			TransportProtocols: []gstack.TransportProtocolFactory{tcp.NewProtocol, udp.NewProtocol, icmp.NewProtocol4},
+			NetworkProtocols:   []gstack.NetworkProtocolFactory{ipv4.NewProtocolWithOptions(ipv4.Options{AllowExternalLoopbackTraffic: true}), ipv6.NewProtocol},
+			TransportProtocols: []gstack.TransportProtocolFactory{tcp.NewProtocol, udp.NewProtocol, icmp.NewProtocol4, icmp.NewProtocol6},
 			// Like the kernel's "iif lo" rule: even packets to its own
 			// addresses leave through the device.
 			HandleLocal: false,
@@ -56,12 +57,24 @@ func newFakeKernel(t testing.TB, mtu int) *fakeKernel {
 	if err := k.gv.SetSpoofing(1, true); err != nil {
 		t.Fatalf("SetSpoofing: %v", err)
 	}
+	// IPv6 as under uloop's socket hooks: the kernel's address K on the
+	// device, and the /64 routed through it (kernel6, stack6).
+	if err := k.gv.AddProtocolAddress(1, tcpip.ProtocolAddress{
+		Protocol:          ipv6.ProtocolNumber,
+		AddressWithPrefix: tcpip.AddressWithPrefix{Address: kernel6, PrefixLen: 64},
+	}, gstack.AddressProperties{}); err != nil {
+		t.Fatalf("AddProtocolAddress: %v", err)
+	}
 	sub, _ := tcpip.NewSubnet(tcpip.AddrFrom4([4]byte{127, 0, 0, 0}), tcpip.MaskFromBytes([]byte{255, 0, 0, 0}))
-	k.gv.SetRouteTable([]tcpip.Route{{Destination: sub, NIC: 1}})
+	k.gv.SetRouteTable([]tcpip.Route{{Destination: sub, NIC: 1}, {Destination: prefix6.Subnet(), NIC: 1}})
 	// What uloop writes to its device arrives at the kernel's NIC.
 	k.dev = tundevtest.New(mtu, 16, func(pkt []byte) {
+		proto := header.IPv4ProtocolNumber
+		if header.IPVersion(pkt) == header.IPv6Version {
+			proto = header.IPv6ProtocolNumber
+		}
 		pb := gstack.NewPacketBuffer(gstack.PacketBufferOptions{Payload: buffer.MakeWithData(pkt)})
-		k.ep.InjectInbound(header.IPv4ProtocolNumber, pb)
+		k.ep.InjectInbound(proto, pb)
 		pb.DecRef()
 	})
 	// What the kernel sends out of its NIC is read by uloop from its device.

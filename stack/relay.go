@@ -11,7 +11,7 @@ import (
 	"time"
 
 	"gvisor.dev/gvisor/pkg/tcpip"
-	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
+	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
@@ -158,7 +158,8 @@ func (r *relay) list() []Flow {
 }
 
 func addrPort(a tcpip.FullAddress) netip.AddrPort {
-	return netip.AddrPortFrom(netip.AddrFrom4(a.Addr.As4()), a.Port)
+	addr, _ := netip.AddrFromSlice(a.Addr.AsSlice())
+	return netip.AddrPortFrom(addr, a.Port)
 }
 
 // close aborts every flow and waits for the relay's goroutines.
@@ -224,20 +225,19 @@ func (r *relay) read(src conn) (*[]byte, int, tcpip.Error) {
 }
 
 // newMirrorEndpoint creates the endpoint that dials the kernel's server on
-// behalf of the client: bound to the client's own address and port, which
-// the NIC's spoofing allows. Reuse flags let a client port that the kernel
-// shares between destinations (Linux does for connect) be bound once per
-// destination.
-func (r *relay) newMirrorEndpoint(proto tcpip.TransportProtocolNumber, client tcpip.FullAddress) (conn, tcpip.Error) {
+// behalf of the client: bound to from, the client's own address and port for
+// IPv4 (see mirror), which the NIC's spoofing allows. Reuse flags let a
+// client port that the kernel shares between destinations (Linux does for
+// connect) be bound once per destination.
+func (r *relay) newMirrorEndpoint(proto tcpip.TransportProtocolNumber, from tcpip.FullAddress) (conn, tcpip.Error) {
 	wq := new(waiter.Queue)
-	ep, err := r.gv.NewEndpoint(proto, ipv4.ProtocolNumber, wq)
+	ep, err := r.gv.NewEndpoint(proto, netProto(from.Addr), wq)
 	if err != nil {
 		return conn{}, err
 	}
 	ep.SocketOptions().SetReuseAddress(true)
 	ep.SocketOptions().SetReusePort(true)
-	client.NIC = tunNIC
-	if err := ep.Bind(client); err != nil {
+	if err := ep.Bind(from); err != nil {
 		ep.Close()
 		return conn{}, err
 	}
@@ -271,7 +271,7 @@ func (f *tcpFlow) abort() {
 func (r *relay) handleTCP(req *tcp.ForwarderRequest) {
 	id := req.ID()
 	client := tcpip.FullAddress{Addr: id.RemoteAddress, Port: id.RemotePort}
-	server := tcpip.FullAddress{NIC: tunNIC, Addr: id.LocalAddress, Port: id.LocalPort}
+	server := tcpip.FullAddress{Addr: id.LocalAddress, Port: id.LocalPort}
 	if !r.enter() {
 		req.Complete(true)
 		return
@@ -338,17 +338,18 @@ func (r *relay) handleTCP(req *tcp.ForwarderRequest) {
 	r.startTCPPump(f, f.b, f.a, done)
 }
 
-// dialTCP connects from the client's address to the server through the TUN
-// device and waits for the kernel to answer.
+// dialTCP connects the mirrored tuple of a flow from client to server
+// through the TUN device and waits for the kernel to answer.
 func (r *relay) dialTCP(client, server tcpip.FullAddress) (conn, tcpip.Error) {
-	r.retireTimeWait(client, server)
-	c, err := r.newMirrorEndpoint(tcp.ProtocolNumber, client)
+	from, to := mirror(client, server)
+	r.retireTimeWait(from, to)
+	c, err := r.newMirrorEndpoint(tcp.ProtocolNumber, from)
 	if err != nil {
 		return conn{}, err
 	}
 	ready, stop := c.notify(waiter.WritableEvents | waiter.EventHUp | waiter.EventErr)
 	defer stop()
-	err = c.ep.Connect(server)
+	err = c.ep.Connect(to)
 	if _, ok := err.(*tcpip.ErrConnectStarted); ok {
 		timer := time.NewTimer(r.cfg.dialTimeout)
 		select {
@@ -369,20 +370,20 @@ func (r *relay) dialTCP(client, server tcpip.FullAddress) (conn, tcpip.Error) {
 	return c, nil
 }
 
-// retireTimeWait ends the stack's endpoint that still holds the tuple client
-// -> server in TIME-WAIT from an earlier relayed connection. The kernel
+// retireTimeWait ends the stack's endpoint that still holds the tuple from
+// -> to in TIME-WAIT from an earlier relayed connection. The kernel
 // keeps TIME-WAIT for its own sockets and reuses a loopback port once that
 // is safe (tcp_tw_reuse); when it does, the SYN it sends is proof that the
 // old connection is over, and the stack's copy of the tuple would otherwise
 // make the mirrored connect fail, turning the client's connect into
 // ECONNREFUSED. (gVisor's own TIME-WAIT reuse only applies to ephemeral
 // ports, and this one is bound explicitly.)
-func (r *relay) retireTimeWait(client, server tcpip.FullAddress) {
+func (r *relay) retireTimeWait(from, to tcpip.FullAddress) {
 	id := stack.TransportEndpointID{
-		LocalAddress: client.Addr, LocalPort: client.Port,
-		RemoteAddress: server.Addr, RemotePort: server.Port,
+		LocalAddress: from.Addr, LocalPort: from.Port,
+		RemoteAddress: to.Addr, RemotePort: to.Port,
 	}
-	ep, ok := r.gv.FindTransportEndpoint(ipv4.ProtocolNumber, tcp.ProtocolNumber, id, tunNIC).(*tcp.Endpoint)
+	ep, ok := r.gv.FindTransportEndpoint(netProto(from.Addr), tcp.ProtocolNumber, id, from.NIC).(*tcp.Endpoint)
 	if ok && ep.EndpointState() == tcp.StateTimeWait {
 		// The RST this sends finds no kernel socket, or one in TIME-WAIT
 		// that the new connection replaces anyway.
@@ -494,7 +495,11 @@ func (f *udpFlow) info() Flow { return f.stats.info("udp", f.client, f.server) }
 // queue), and which gVisor's leak checker reports once per flow.
 func (r *relay) handleUDPPacket(id stack.TransportEndpointID, pkt *stack.PacketBuffer) bool {
 	if !r.admit() {
-		r.sendPortUnreachable(pkt)
+		if pkt.NetworkProtocolNumber == header.IPv6ProtocolNumber {
+			r.sendPortUnreachable6(pkt)
+		} else {
+			r.sendPortUnreachable(pkt)
+		}
 		return true
 	}
 	return r.handleUDP(udp.NewForwarderRequest(r.gv, id, pkt))
@@ -510,15 +515,16 @@ func (r *relay) handleUDPPacket(id stack.TransportEndpointID, pkt *stack.PacketB
 func (r *relay) handleUDP(req *udp.ForwarderRequest) bool {
 	id := req.ID()
 	client := tcpip.FullAddress{Addr: id.RemoteAddress, Port: id.RemotePort}
-	server := tcpip.FullAddress{NIC: tunNIC, Addr: id.LocalAddress, Port: id.LocalPort}
-	self := client.Addr == server.Addr && client.Port == server.Port
+	server := tcpip.FullAddress{Addr: id.LocalAddress, Port: id.LocalPort}
+	self := selfAddressed(client, server)
 
 	var b conn
 	if !self {
 		var err tcpip.Error
-		b, err = r.newMirrorEndpoint(udp.ProtocolNumber, client)
+		from, to := mirror(client, server)
+		b, err = r.newMirrorEndpoint(udp.ProtocolNumber, from)
 		if err == nil {
-			if err = b.ep.Connect(server); err != nil {
+			if err = b.ep.Connect(to); err != nil {
 				b.ep.Close()
 			}
 		}

@@ -9,6 +9,7 @@ import (
 	"bytes"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/netip"
 	"time"
 
@@ -73,6 +74,10 @@ type Config struct {
 	// once, counted in Metrics.FlowsRejected; existing flows are untouched.
 	// Zero means DefaultMaxFlows.
 	MaxFlows int
+	// IPv6 is the prefix whose IPv6 traffic the device carries (the /64 the
+	// socket hooks steer ::1 into); the zero Prefix means none, and IPv6
+	// packets read from the device are dropped.
+	IPv6 netip.Prefix
 
 	// dialTimeout bounds how long a relayed TCP connect waits for the
 	// kernel's listener to answer before the client gets a RST. Zero means
@@ -174,10 +179,32 @@ func New(cfg Config) (*Stack, error) {
 
 	v4, _ := tcpip.NewSubnet(tcpip.AddrFrom4([4]byte{127, 0, 0, 0}), tcpip.MaskFromBytes([]byte{255, 0, 0, 0}))
 	v6, _ := tcpip.NewSubnet(header.IPv6Loopback, tcpip.MaskFromBytes(bytes.Repeat([]byte{0xff}, 16)))
-	gv.SetRouteTable([]tcpip.Route{
+	routes := []tcpip.Route{
 		{Destination: v4, NIC: tunNIC},
 		{Destination: v6, NIC: loopbackNIC},
-	})
+	}
+	if p := cfg.IPv6; p.IsValid() {
+		// As tunNIC for 127/8: promiscuous and spoofing, so the stack
+		// accepts on and dials from any address of the prefix.
+		if err := gv.CreateNICWithOptions(tun6NIC, link6{s.link}, stack.NICOptions{Name: cfg.Device.Name() + "-v6"}); err != nil {
+			return fail("creating IPv6 TUN NIC", err)
+		}
+		if err := gv.SetPromiscuousMode(tun6NIC, true); err != nil {
+			return fail("enabling promiscuous mode on IPv6", err)
+		}
+		if err := gv.SetSpoofing(tun6NIC, true); err != nil {
+			return fail("enabling spoofing on IPv6", err)
+		}
+		p = p.Masked()
+		sub, err := tcpip.NewSubnet(tcpip.AddrFromSlice(p.Addr().AsSlice()), tcpip.MaskFromBytes(net.CIDRMask(p.Bits(), 128)))
+		if err != nil {
+			gv.Close()
+			gv.Wait()
+			return nil, fmt.Errorf("IPv6 prefix %v: %v", p, err)
+		}
+		routes = append(routes, tcpip.Route{Destination: sub, NIC: tun6NIC})
+	}
+	gv.SetRouteTable(routes)
 
 	s.relay = newRelay(gv, cfg)
 	gv.SetTransportProtocolHandler(tcp.ProtocolNumber, tcp.NewForwarder(gv, 0, maxInFlight, s.relay.handleTCP).HandlePacket)

@@ -87,6 +87,15 @@ var cases = []benchCase{
 	iperfTCPCase("tcp-1", "iperf3 TCP, 1 stream", "TCP 1 stream"),
 	iperfTCPCase("tcp-1-reverse", "iperf3 TCP, 1 stream, reverse (-R)", "TCP -R", "-R"),
 	iperfTCPCase("tcp-4", "iperf3 TCP, 4 streams (-P 4)", "TCP -P 4", "-P", "4"),
+	{
+		Name: "tcp-1-ipv6", Title: "iperf3 TCP over ::1, 1 stream (-6)", TCP: true,
+		Command: "iperf3 -6 -c ::1 -t T -J, against iperf3 -s -6 (on [::])",
+		Metrics: []metric{with(mGbps, "TCP ::1"), mRetransmits},
+		run: func(ctx context.Context, h *harness, n *netNS) (map[string]float64, any, error) {
+			f, raw, err := h.runIperf6(ctx, n, nil)
+			return map[string]float64{"gbps": f.ReceivedGbps, "retransmits": f.Retransmits}, raw, err
+		},
+	},
 	iperfUDPCase("udp-1400", "iperf3 UDP, 1400 B datagrams", "UDP 1400 B", "0", "-l", "1400"),
 	iperfUDPCase("udp-32k", "iperf3 UDP, 32 KiB datagrams", "UDP 32 KiB", "0", "-l", "32768"),
 	// A rate kernel lo carries with well under 1% loss on this kind of

@@ -122,9 +122,22 @@ func rawIperfEnd(b []byte) json.RawMessage {
 // started for this run alone, polled until it listens, then the client with
 // clientArgs for the configured duration.
 func (h *harness) runIperf(ctx context.Context, n *netNS, clientArgs []string) (iperfFigures, json.RawMessage, error) {
+	return h.runIperfOn(ctx, n, "127.0.0.1", []string{"-B", "127.0.0.1"}, clientArgs)
+}
+
+// runIperf6 is runIperf over ::1, the server on [::] (as `iperf3 -s -6`
+// listens by default), so that the client's connection to ::1 is what
+// crosses uloop.
+func (h *harness) runIperf6(ctx context.Context, n *netNS, clientArgs []string) (iperfFigures, json.RawMessage, error) {
+	return h.runIperfOn(ctx, n, "::1", []string{"-6"}, append([]string{"-6"}, clientArgs...))
+}
+
+// runIperfOn runs iperf3's client against addr, the one-shot server
+// started with serverArgs.
+func (h *harness) runIperfOn(ctx context.Context, n *netNS, addr string, serverArgs, clientArgs []string) (iperfFigures, json.RawMessage, error) {
 	port := h.nextPort()
 	srvLog := &netns.Output{Max: 20}
-	srv, err := startIn(ctx, n, srvLog, "iperf3", "-s", "-1", "-B", "127.0.0.1", "-p", strconv.Itoa(port))
+	srv, err := startIn(ctx, n, srvLog, append(append([]string{"iperf3", "-s", "-1"}, serverArgs...), "-p", strconv.Itoa(port))...)
 	if err != nil {
 		return iperfFigures{}, nil, err
 	}
@@ -136,7 +149,7 @@ func (h *harness) runIperf(ctx context.Context, n *netNS, clientArgs []string) (
 	}
 
 	secs := int(h.cfg.duration.Round(time.Second) / time.Second)
-	argv := append([]string{"iperf3", "-c", "127.0.0.1", "-p", strconv.Itoa(port), "-t", strconv.Itoa(secs),
+	argv := append([]string{"iperf3", "-c", addr, "-p", strconv.Itoa(port), "-t", strconv.Itoa(secs),
 		"--connect-timeout", "5000", "-J"}, clientArgs...)
 	limit := h.cfg.duration + 30*time.Second
 	cctx, cancel := context.WithTimeout(ctx, limit)

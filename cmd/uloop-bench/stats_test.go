@@ -436,6 +436,7 @@ func TestCaseCommands(t *testing.T) {
 		"tcp-1":         "iperf3 -c 127.0.0.1 -t T -J",
 		"tcp-1-reverse": "iperf3 -c 127.0.0.1 -t T -J -R",
 		"tcp-4":         "iperf3 -c 127.0.0.1 -t T -J -P 4",
+		"tcp-1-ipv6":    "iperf3 -6 -c ::1 -t T -J, against iperf3 -s -6 (on [::])",
 		"udp-1400":      "iperf3 -c 127.0.0.1 -t T -J -u -b 0 -l 1400",
 		"udp-32k":       "iperf3 -c 127.0.0.1 -t T -J -u -b 0 -l 32768",
 		"udp-1400-300m": "iperf3 -c 127.0.0.1 -t T -J -u -b 300M -l 1400",

@@ -122,7 +122,14 @@ func (s *session) run(o runOptions, sock string, foreground bool, cmdArgs []stri
 	if o.watchdog > 0 {
 		// Before the capabilities go: it needs CAP_NET_RAW and
 		// CAP_NET_ADMIN, passed down as ambient ones without root.
-		if err := startWatchdog(o); err != nil {
+		sw, err := s.lb.IPv6Switch()
+		if err == nil {
+			err = startWatchdog(o, sw)
+		}
+		if sw != nil {
+			sw.Close() // the watchdog has its own
+		}
+		if err != nil {
 			s.log.Warn("running without a watchdog: a stopped uloop will hang loopback", "err", err)
 		}
 	}

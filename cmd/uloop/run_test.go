@@ -464,6 +464,20 @@ grep -q '^ *ulo0:' /proc/net/dev && echo ulo0`
 	if out != want || code != 0 {
 		t.Errorf("as %s: output %q, status %d; want %q, 0", u.name, out, code, want)
 	}
+	// An unprivileged user namespace cannot load the eBPF socket hooks:
+	// ::1 stays on lo, said once; --ipv6=false asks for that, silently.
+	for _, tc := range []struct {
+		args  []string
+		lines int
+	}{{[]string{"run", "--", "true"}, 1}, {[]string{"run", "--ipv6=false", "--", "true"}, 0}} {
+		cmd := as(tc.args...)
+		stderr.Reset()
+		cmd.Stderr = &stderr
+		err := cmd.Run()
+		if n := strings.Count(stderr.String(), "::1 stays on the kernel's lo"); err != nil || n != tc.lines {
+			t.Errorf("as %s, %q: %v, stderr %q; want status 0 and %d line(s) saying ::1 stays on lo", u.name, tc.args, err, stderr.String(), tc.lines)
+		}
+	}
 	out, code = run(t, as("run", "--root", "--", "id", "-u"))
 	if out != "0\n" || code != 0 {
 		t.Errorf("as %s with --root: id -u %q, status %d; want 0", u.name, out, code)

@@ -15,6 +15,8 @@ import (
 
 	"github.com/uloop/uloop/internal/loopback"
 	"github.com/uloop/uloop/netns"
+	"github.com/uloop/uloop/route"
+	"github.com/uloop/uloop/sockhook"
 	"golang.org/x/sys/unix"
 )
 
@@ -22,10 +24,16 @@ import (
 // It runs in the inner process's namespaces and process group (not CMD's,
 // so Ctrl-C does not reach it), is reaped by the inner process's wait loop
 // like any child, and is killed with everything else at the end.
-func startWatchdog(o runOptions) error {
+func startWatchdog(o runOptions, ipv6Switch *os.File) error {
 	w := exec.Command("/proc/self/exe", watchdogCommand,
 		"--dev", o.Dev, "--prefix", o.Prefix, "--after", o.watchdog.String())
 	w.Args[0] = os.Args[0]
+	if ipv6Switch != nil {
+		// The socket hooks' switch: the hooks belong to the inner
+		// process, which may be the one stopped.
+		w.ExtraFiles = []*os.File{ipv6Switch}
+		w.Args = append(w.Args, "--ipv6-switch-fd", "3")
+	}
 	w.Stderr = os.Stderr
 	// No parent-death signal: it is sent when the forking thread exits,
 	// which, while the inner process is being killed, is before the process
@@ -66,6 +74,7 @@ func watchdogMain(args []string) int {
 	var o loopback.Options
 	o.AddFlags(fs, "uloop")
 	after := fs.Duration("after", 3*time.Second, "hand loopback back after this long without an answer")
+	switchFD := fs.Int("ipv6-switch-fd", -1, "descriptor of the socket hooks' hand-back switch, if ::1 is carried")
 	if err := fs.Parse(args); err != nil {
 		return exitFailed
 	}
@@ -88,12 +97,25 @@ func watchdogMain(args []string) int {
 		<-parentGone
 		cancel()
 	}()
-	if err := loopback.Watch(ctx, p, rcfg, *after); errors.Is(err, context.Canceled) {
+	err = loopback.Watch(ctx, p, rcfg, *after)
+	if errors.Is(err, context.Canceled) {
 		return 0
-	} else if err != nil {
+	}
+	what, verb := rcfg.Prefix.String(), "is"
+	if *switchFD >= 0 && err == nil {
+		// ::1 too: the socket hooks stop steering it to the TUN, and
+		// what they steered before reaches lo.
+		rcfg.IPv6 = route.DefaultIPv6
+		err = sockhook.HandBack(os.NewFile(uintptr(*switchFD), "uloop-ipv6-switch"))
+		if err == nil {
+			err = route.HandBack6(rcfg)
+		}
+		what, verb = what+" and ::1", "are"
+	}
+	if err != nil {
 		fmt.Fprintf(os.Stderr, "uloop run: the loopback stopped answering, and handing it back to lo failed: %v\n", err)
 	} else {
-		fmt.Fprintf(os.Stderr, "uloop run: the loopback stopped answering for %v (is uloop stopped?); %v is handed back to the kernel's lo for the rest of this run, and connections open through uloop will fail\n", *after, rcfg.Prefix)
+		fmt.Fprintf(os.Stderr, "uloop run: the loopback stopped answering for %v (is uloop stopped?); %s %s handed back to the kernel's lo for the rest of this run, and connections open through uloop will fail\n", *after, what, verb)
 	}
 	// Stays, for the inner process being killed later.
 	<-ctx.Done()

@@ -17,8 +17,8 @@ import (
 
 // TestWatchdog: with uloop's data path stopped (SIGSTOP to the process that
 // holds it), a program in the run still connects to a server on 127.0.0.1
-// and gets its bytes back, because the watchdog handed 127/8 back to the
-// kernel's lo and said so; CMD keeps running and its exit status still
+// and one on [::] to ::1, and both get their bytes back, because the
+// watchdog handed 127/8 and ::1 back to the kernel's lo and said so; CMD keeps running and its exit status still
 // comes back once uloop is resumed. With --watchdog=0 the same connect
 // hangs, which is what the watchdog is for.
 func TestWatchdog(t *testing.T) {
@@ -35,14 +35,20 @@ func TestWatchdog(t *testing.T) {
 			// The client's timeout is past the watchdog's 3 s plus the
 			// SYN retransmissions at 1 and 3 s, and short enough that
 			// "off" fails fast.
+			// ::1 too (as root the socket hooks steer it): a server
+			// on [::], a client to [::1], in parallel with 127.0.0.1.
 			script := `socat TCP-LISTEN:7000,bind=127.0.0.1,fork,reuseaddr EXEC:cat & srv=$!
+socat TCP6-LISTEN:7001,fork,reuseaddr EXEC:cat & srv6=$!
 for i in $(seq 100); do socat -u OPEN:/dev/null TCP:127.0.0.1:7000 2>/dev/null && break; sleep 0.1; done
+for i in $(seq 100); do socat -u OPEN:/dev/null TCP6:[::1]:7001 2>/dev/null && break; sleep 0.1; done
 echo ready
 read go
+echo ping | timeout 12 socat -T 5 - TCP6:[::1]:7001 > /tmp/uloop-wd6-$$ &
 echo "echo:$(echo ping | timeout 12 socat -T 5 - TCP:127.0.0.1:7000)"
+wait %3 2>/dev/null; echo "echo6:$(cat /tmp/uloop-wd6-$$)"; rm -f /tmp/uloop-wd6-$$
 echo "uloop rules: $(ip rule | grep -c 'lookup 127')"
 read end
-kill $srv`
+kill $srv $srv6`
 			cmd := uloop(t, rt, "run", "--watchdog", tc.watchdog, "--", "sh", "-c", script)
 			stdin, err := cmd.StdinPipe()
 			if err != nil {
@@ -62,7 +68,7 @@ kill $srv`
 				t.Fatalf("CMD did not finish its connect: stdout %q", s.out)
 			}
 			out := s.out.String()
-			gotEcho := strings.Contains(out, "echo:ping")
+			gotEcho := strings.Contains(out, "echo:ping") && strings.Contains(out, "echo6:ping")
 			handedBack := strings.Contains(out, "uloop rules: 0")
 			said := strings.Contains(s.stderr.String(), "handed back to the kernel's lo")
 			if gotEcho != tc.wantEcho || handedBack != tc.wantEcho || said != tc.wantEcho {

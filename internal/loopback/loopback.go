@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/uloop/uloop/route"
+	"github.com/uloop/uloop/sockhook"
 	"github.com/uloop/uloop/stack"
 	"github.com/uloop/uloop/tundev"
 )
@@ -33,6 +34,7 @@ type Options struct {
 	MaxFlows   int
 	Offload    bool
 	Procs      int
+	IPv6       bool
 }
 
 // AddFlags registers the shared flags on fs, with their defaults, into o.
@@ -44,6 +46,7 @@ func (o *Options) AddFlags(fs *flag.FlagSet, what string) {
 	fs.DurationVar(&o.UDPTimeout, "udp-timeout", stack.DefaultUDPIdleTimeout, "close a relayed UDP flow after this long without a datagram")
 	fs.IntVar(&o.MaxFlows, "max-flows", stack.DefaultMaxFlows, "TCP connections and UDP flows relayed at once; past it new ones are refused at once")
 	fs.BoolVar(&o.Offload, "offload", true, "use TUN offloads (TSO, checksum offload, GSO writes)")
+	fs.BoolVar(&o.IPv6, "ipv6", true, "carry ::1 too, with eBPF socket hooks (needs root: CAP_BPF and CAP_NET_ADMIN); false keeps ::1 on the kernel's lo")
 	fs.IntVar(&o.Procs, "procs", 0, "CPUs "+what+" runs Go code on at once (GOMAXPROCS); 0: half the CPUs, at least 1, unless GOMAXPROCS is set")
 }
 
@@ -54,6 +57,9 @@ func (o *Options) Route() (route.Config, error) {
 		return route.Config{}, fmt.Errorf("bad --prefix: %w", err)
 	}
 	rcfg := route.Config{Device: o.Dev, Prefix: prefix.Masked()}
+	if o.IPv6 {
+		rcfg.IPv6 = route.DefaultIPv6
+	}
 	if err := rcfg.Validate(); err != nil {
 		return route.Config{}, err
 	}
@@ -86,8 +92,9 @@ func (o *Options) SetProcs() {
 // namespace's traffic to the prefix routed into it.
 type Loopback struct {
 	Stack    *stack.Stack
-	Route    route.Config
+	Route    route.Config // Route.IPv6 is valid only if ::1 is carried
 	takeover *route.Takeover
+	hooks    *sockhook.Hooks // nil unless ::1 is carried
 }
 
 // Up creates the TUN device, starts the stack on it, routes rcfg's prefix
@@ -101,6 +108,13 @@ func Up(o Options, rcfg route.Config, log *slog.Logger) (*Loopback, error) {
 	if err != nil {
 		return nil, err
 	}
+	// Loaded before the routing changes (they depend on it): without the
+	// privilege to load them ::1 stays on lo, as with --ipv6=false.
+	hooks, rcfg, err := loadHooks(rcfg, log)
+	if err != nil {
+		dev.Close()
+		return nil, err
+	}
 	metrics := new(stack.Metrics)
 	st, err := stack.New(stack.Config{
 		Device:         dev,
@@ -109,19 +123,31 @@ func Up(o Options, rcfg route.Config, log *slog.Logger) (*Loopback, error) {
 		UDPIdleTimeout: o.UDPTimeout,
 		MaxFlows:       o.MaxFlows,
 		DisableGSO:     !o.Offload,
+		IPv6:           rcfg.IPv6,
 	})
 	if err != nil {
+		hooks.Close()
 		dev.Close()
 		return nil, err
 	}
 	takeover, err := route.Apply(rcfg)
 	if err != nil {
+		hooks.Close()
 		st.Close()
 		return nil, err
 	}
-	l := &Loopback{Stack: st, Route: rcfg, takeover: takeover}
+	l := &Loopback{Stack: st, Route: rcfg, takeover: takeover, hooks: hooks}
 	if err := probe(rcfg.Source(), metrics, 5*time.Second); err != nil {
 		return nil, errors.Join(fmt.Errorf("data path does not answer: %w", err), l.Close())
+	}
+	if hooks != nil {
+		// Last: ::1 is steered only once the path it is steered into works.
+		if err := hooks.Attach(); err != nil {
+			return nil, errors.Join(err, l.Close())
+		}
+		if err := probe6(metrics); err != nil {
+			return nil, errors.Join(fmt.Errorf("::1 data path does not answer: %w", err), l.Close())
+		}
 	}
 	return l, nil
 }
@@ -131,8 +157,11 @@ func Up(o Options, rcfg route.Config, log *slog.Logger) (*Loopback, error) {
 // Once the routes are gone the kernel would deliver the two peers' packets
 // to each other directly, with sequence numbers neither knows.
 func (l *Loopback) Close() error {
+	// New ::1 sockets go back to lo first; the stack then resets those it
+	// relays, as for 127/8.
+	hookErr := l.hooks.Close()
 	l.Stack.Close()
-	if err := l.takeover.Undo(); err != nil {
+	if err := errors.Join(hookErr, l.takeover.Undo()); err != nil {
 		return fmt.Errorf("restoring host state: %w", err)
 	}
 	return nil
