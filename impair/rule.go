@@ -107,7 +107,10 @@ type Counters struct {
 	Lost        atomic.Uint64 // dropped by loss=
 	RateDropped atomic.Uint64 // dropped by rate= because the queue was full
 	Blackholed  atomic.Uint64
-	Resets      atomic.Uint64 // TCP connections reset
+	// Overflow counts delayed packets dropped because the delay line
+	// was full (it holds at most a fixed number of bytes for all rules).
+	Overflow atomic.Uint64
+	Resets   atomic.Uint64 // TCP connections reset
 }
 
 // dirState is what the delay and rate actions remember between packets of

@@ -7,6 +7,7 @@ import (
 	"runtime"
 	"sync"
 
+	"github.com/uloop/uloop/impair"
 	"github.com/uloop/uloop/tundev"
 	"gvisor.dev/gvisor/pkg/buffer"
 	"gvisor.dev/gvisor/pkg/tcpip"
@@ -40,6 +41,10 @@ type linkEndpoint struct {
 	gso bool
 	// acks holds the stack's pure ACKs briefly (see ackHolder).
 	acks *ackHolder
+	// impair holds the impairment rules (nil: none ever), line the
+	// packets they delay (see impairInbound).
+	impair *impair.Table
+	line   *impair.Line
 
 	// done is closed when the reader goroutine exits.
 	done chan struct{}
@@ -68,6 +73,7 @@ var (
 func newLinkEndpoint(dev tundev.Device, m *Metrics) *linkEndpoint {
 	e := &linkEndpoint{dev: dev, mtu: uint32(dev.MTU()), metrics: m, gso: true, done: make(chan struct{})}
 	e.acks = newACKHolder(e.write, m)
+	e.line = impair.NewLine(maxDelayedBytes)
 	return e
 }
 
@@ -180,6 +186,7 @@ func (e *linkEndpoint) Close() {
 	e.closed = true
 	e.mu.Unlock()
 	e.acks.stop()
+	e.line.Close()
 	e.dev.Close()
 }
 
@@ -250,9 +257,10 @@ func (e *linkEndpoint) deliver(d stack.NetworkDispatcher, v *buffer.View) {
 	e.metrics.TUNRxBytes.Add(uint64(len(pkt)))
 	switch classify(pkt) {
 	case toStack:
-		pb := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: splitHeaders(v)})
-		d.DeliverNetworkPacket(header.IPv4ProtocolNumber, pb)
-		pb.DecRef()
+		if rules := e.impair.Active(); rules != nil && e.impairInbound(d, v, rules) {
+			return
+		}
+		e.toStack(d, v)
 	case passThrough:
 		e.metrics.PassthroughPackets.Add(1)
 		e.write(tundev.VirtioNetHdr{}, [][]byte{pkt})
@@ -261,6 +269,13 @@ func (e *linkEndpoint) deliver(d stack.NetworkDispatcher, v *buffer.View) {
 		e.metrics.DroppedPackets.Add(1)
 		v.Release()
 	}
+}
+
+// toStack delivers the packet in v to the stack; it takes ownership of v.
+func (e *linkEndpoint) toStack(d stack.NetworkDispatcher, v *buffer.View) {
+	pb := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: splitHeaders(v)})
+	d.DeliverNetworkPacket(header.IPv4ProtocolNumber, pb)
+	pb.DecRef()
 }
 
 // splitHeaders returns the packet in v as a buffer whose first view holds a
@@ -395,7 +410,12 @@ func (e *linkEndpoint) write(vnet tundev.VirtioNetHdr, pkt [][]byte) error {
 // virtio-net header built from its GSO options.
 func (e *linkEndpoint) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error) {
 	n := 0
+	rules := e.impair.Active()
 	for _, pkt := range pkts.AsSlice() {
+		if rules != nil && e.impairOutbound(pkt, rules) {
+			n++
+			continue
+		}
 		if err := e.acks.send(vnetHdr(pkt), pkt.AsSlices()); err != nil {
 			if errors.Is(err, os.ErrClosed) {
 				if n == 0 {

@@ -1,0 +1,187 @@
+package stack
+
+import (
+	"net/netip"
+	"time"
+
+	"github.com/uloop/uloop/impair"
+	"gvisor.dev/gvisor/pkg/buffer"
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+	"gvisor.dev/gvisor/pkg/tcpip/stack"
+)
+
+// Impairments act at two places, so that each direction of a relayed flow
+// crosses one impaired hop, as a packet on a slow or lossy link would:
+//
+//   - packets the kernel sends into the stack (the link endpoint's reader):
+//     towards the server on the client's leg, towards the client on the
+//     server's leg. A packet lost there is one the kernel's TCP sent and
+//     must retransmit; one delayed holds up only its own flow (impair.Line).
+//     The stack's own packets back to the kernel (ACKs, relayed data) pass
+//     unimpaired, or every byte would be impaired twice.
+//   - echo replies the stack sends, which are the to-client half of a ping.
+//
+// Resets act on connections, in the relay (resetAfterBytes, armReset).
+
+// maxDelayedBytes bounds what the delay line holds for all rules together;
+// past it a delayed packet is dropped (and counted as Overflow), as a full
+// queue would drop it.
+const maxDelayedBytes = 64 << 20
+
+// impairInbound applies the rules to a packet read from the device that is
+// bound for the stack. It returns true if it took the packet (dropped, or
+// delayed to be delivered later); false: deliver it now.
+func (e *linkEndpoint) impairInbound(d stack.NetworkDispatcher, v *buffer.View, rules []*impair.Rule) bool {
+	p, ok := impair.ParseIPv4(v.AsSlice())
+	if !ok {
+		return false
+	}
+	rule, dir := impair.Match(rules, &p)
+	if rule == nil {
+		return false
+	}
+	verdict, wait := rule.Decide(dir, p.Len, time.Now())
+	if verdict != impair.Pass {
+		v.Release()
+		return true
+	}
+	if wait <= 0 {
+		return false
+	}
+	if !e.line.Schedule(p.FlowKey(), wait, p.Len, func() { e.toStack(d, v) }, v.Release) {
+		rule.Counters.Overflow.Add(1)
+		v.Release()
+	}
+	return true
+}
+
+// impairOutbound applies the rules to a packet the stack writes, if it is
+// an echo reply. True if it took the packet (dropped, or delayed: then it
+// holds a reference until it writes it).
+func (e *linkEndpoint) impairOutbound(pkt *stack.PacketBuffer, rules []*impair.Rule) bool {
+	ip := header.IPv4(pkt.NetworkHeader().Slice())
+	th := pkt.TransportHeader().Slice()
+	if len(th) == 0 {
+		// The echo responder writes its reply as payload.
+		th, _ = pkt.Data().PullUp(1)
+	}
+	if len(ip) < header.IPv4MinimumSize || ip.TransportProtocol() != header.ICMPv4ProtocolNumber ||
+		len(th) < 1 || header.ICMPv4Type(th[0]) != header.ICMPv4EchoReply {
+		return false
+	}
+	p := impair.Packet{
+		Proto: impair.ICMP, EchoReply: true,
+		Src: netip.AddrFrom4(ip.SourceAddress().As4()), Dst: netip.AddrFrom4(ip.DestinationAddress().As4()),
+		Len: pkt.Size(),
+	}
+	rule, dir := impair.Match(rules, &p)
+	if rule == nil {
+		return false
+	}
+	verdict, wait := rule.Decide(dir, p.Len, time.Now())
+	if verdict != impair.Pass {
+		return true
+	}
+	if wait <= 0 {
+		return false
+	}
+	pkt.IncRef()
+	write := func() {
+		e.write(vnetHdr(pkt), pkt.AsSlices())
+		pkt.DecRef()
+	}
+	if !e.line.Schedule(p.FlowKey(), wait, p.Len, write, pkt.DecRef) {
+		rule.Counters.Overflow.Add(1)
+		pkt.DecRef()
+	}
+	return true
+}
+
+// resetAfterBytes checks the flow against the rules' byte limits after n
+// bytes read from src were counted. keep >= 0 means a rule's limit is
+// reached: relay the first keep bytes of those n, then reset the flow.
+func (f *tcpFlow) resetAfterBytes(rules []*impair.Rule, src conn, n int) (keep int, rule *impair.Rule) {
+	rule = impair.MatchFlow(rules, addrPort(f.client), addrPort(f.server))
+	if rule == nil || rule.ResetBytes == 0 {
+		return -1, nil
+	}
+	dir := impair.ToClient
+	if src == f.a {
+		dir = impair.ToServer
+	}
+	if !rule.CountsDir(dir) {
+		return -1, nil
+	}
+	var counted int64
+	if rule.CountsDir(impair.ToServer) {
+		counted += int64(f.stats.bytes[0].Load())
+	}
+	if rule.CountsDir(impair.ToClient) {
+		counted += int64(f.stats.bytes[1].Load())
+	}
+	if counted < rule.ResetBytes {
+		return -1, nil
+	}
+	return int(max(0, rule.ResetBytes-(counted-int64(n)))), rule
+}
+
+// resetSettle is how long a flow reset for its byte count waits after
+// relaying its last bytes, so that they reach the program before the RST
+// does (an abort discards what the stack has not yet sent).
+const resetSettle = 20 * time.Millisecond
+
+// resetFlow resets f for rule, once: both programs get ECONNRESET.
+func (r *relay) resetFlow(f *tcpFlow, rule *impair.Rule, settle time.Duration) {
+	if !f.reset.CompareAndSwap(false, true) {
+		return
+	}
+	time.Sleep(settle)
+	rule.Counters.Resets.Add(1)
+	r.log.Debug("tcp connection reset by impairment", "client", fmtAddr(f.client), "server", fmtAddr(f.server), "rule", rule.Spec)
+	f.abort()
+}
+
+// armReset starts a timer that resets f when the first rule with a time
+// limit that matches it says so; rules are looked at again when it fires,
+// so a rule deleted or changed since does not act. Run for each new
+// connection and for all of them when the rules change.
+func (r *relay) armReset(f *tcpFlow, rules []*impair.Rule) {
+	rule := impair.MatchFlow(rules, addrPort(f.client), addrPort(f.server))
+	if rule == nil || rule.ResetAfter == 0 {
+		return
+	}
+	time.AfterFunc(max(0, time.Until(f.stats.start.Add(rule.ResetAfter))), func() {
+		rule := impair.MatchFlow(r.cfg.Impair.Active(), addrPort(f.client), addrPort(f.server))
+		if rule == nil || rule.ResetAfter == 0 || time.Since(f.stats.start) < rule.ResetAfter || !r.tracked(f) {
+			return
+		}
+		r.resetFlow(f, rule, 0)
+	})
+}
+
+// rearmResets arms the time limits of every TCP flow under the rules now
+// in force.
+func (r *relay) rearmResets() {
+	rules := r.cfg.Impair.Active()
+	if rules == nil {
+		return
+	}
+	r.mu.Lock()
+	var tcpFlows []*tcpFlow
+	for f := range r.flows {
+		if tf, ok := f.(*tcpFlow); ok {
+			tcpFlows = append(tcpFlows, tf)
+		}
+	}
+	r.mu.Unlock()
+	for _, f := range tcpFlows {
+		r.armReset(f, rules)
+	}
+}
+
+func (r *relay) tracked(f flow) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	_, ok := r.flows[f]
+	return ok
+}
