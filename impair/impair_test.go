@@ -101,11 +101,31 @@ func TestMatch(t *testing.T) {
 			t.Errorf("Match(%+v) = %v %v, want %v %v", *tc.p, r, d, tc.rule, tc.dir)
 		}
 	}
-	if r := MatchFlow(rules, netip.MustParseAddrPort("127.0.0.1:40000"), netip.MustParseAddrPort("127.0.0.1:6379")); r != reset {
+	if r := MatchFlow(rules, netip.MustParseAddrPort("127.0.0.1:6379")); len(r) != 1 || r[0] != reset {
 		t.Errorf("MatchFlow = %v, want the reset rule", r)
 	}
-	if r := MatchFlow(rules, netip.MustParseAddrPort("127.0.0.1:40000"), netip.MustParseAddrPort("127.0.0.1:5432")); r != nil {
+	if r := MatchFlow(rules, netip.MustParseAddrPort("127.0.0.1:5432")); r != nil {
 		t.Errorf("MatchFlow = %v, want none", r)
+	}
+}
+
+// TestApply: every matching rule acts; a later rule is not hidden by an
+// earlier one for the same port.
+func TestApply(t *testing.T) {
+	delay := mustParse(t, "tcp:5432 delay=10ms")
+	more := mustParse(t, "tcp:5432 delay=5ms")
+	other := mustParse(t, "tcp:80 delay=1s")
+	hole := mustParse(t, "tcp:5432 blackhole")
+	p := pkt(TCP, "127.0.0.1", 40000, "127.0.0.1", 5432)
+	now := time.Now()
+	if v, w, by := Apply([]*Rule{delay, other, more}, p, now); v != Pass || w != 15*time.Millisecond || by != more {
+		t.Errorf("Apply = %v %v %v, want Pass after 15ms by the second delay", v, w, by)
+	}
+	if v, _, by := Apply([]*Rule{delay, hole}, p, now); v != Blackholed || by != hole {
+		t.Errorf("Apply = %v by %v, want Blackholed by the later rule", v, by)
+	}
+	if v, w, by := Apply([]*Rule{other}, p, now); v != Pass || w != 0 || by != nil {
+		t.Errorf("Apply with no match = %v %v %v", v, w, by)
 	}
 }
 

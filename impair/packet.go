@@ -104,6 +104,32 @@ func Match(rules []*Rule, p *Packet) (*Rule, Dir) {
 	return nil, Both
 }
 
+// Apply applies every rule that matches p, in order, at now: a packet
+// dropped by one goes no further; the waits of the others add up (a rule
+// added for a port that already has one acts too, rather than hide behind
+// it). by is the rule that dropped the packet, or the last that delayed
+// it; nil if none acted.
+func Apply(rules []*Rule, p *Packet, now time.Time) (v Verdict, wait time.Duration, by *Rule) {
+	for _, r := range rules {
+		if !r.PacketActions() {
+			continue
+		}
+		d := r.direction(p)
+		if d == Both {
+			continue
+		}
+		rv, w := r.Decide(d, p.Len, now)
+		if rv != Pass {
+			return rv, 0, r
+		}
+		if w > 0 {
+			wait += w
+			by = r
+		}
+	}
+	return Pass, wait, by
+}
+
 // direction is p's direction under r, or Both if r does not match p.
 func (r *Rule) direction(p *Packet) Dir {
 	if r.Proto != AnyProto && r.Proto != p.Proto {
@@ -136,16 +162,15 @@ func (r *Rule) direction(p *Packet) Dir {
 	return d
 }
 
-// MatchFlow returns the first rule that resets TCP connections from client
-// to server; nil if none.
-func MatchFlow(rules []*Rule, client, server netip.AddrPort) *Rule {
-	_ = client
+// MatchFlow returns the rules that reset TCP connections to server.
+func MatchFlow(rules []*Rule, server netip.AddrPort) []*Rule {
+	var found []*Rule
 	for _, r := range rules {
 		if r.Proto == TCP && (r.ResetBytes > 0 || r.ResetAfter > 0) && r.matchesServer(server.Addr(), server.Port()) {
-			return r
+			found = append(found, r)
 		}
 	}
-	return nil
+	return found
 }
 
 // CountsDir reports whether the rule's byte limit counts bytes moving in

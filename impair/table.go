@@ -22,7 +22,7 @@ type Table struct {
 	watchers []func()
 }
 
-// Active returns the rules in force, first match first; nil when none.
+// Active returns the rules in force, in the order they act; nil when none.
 // The slice must not be changed.
 func (t *Table) Active() []*Rule {
 	if t == nil {
@@ -61,7 +61,7 @@ func (t *Table) Delete(id int) bool {
 	return true
 }
 
-// Rules returns the rules, first match first.
+// Rules returns the rules, in the order they act.
 func (t *Table) Rules() []*Rule {
 	t.mu.Lock()
 	defer t.mu.Unlock()

@@ -2,6 +2,7 @@ package stack
 
 import (
 	"net/netip"
+	"slices"
 	"time"
 
 	"github.com/uloop/uloop/impair"
@@ -36,11 +37,7 @@ func (e *linkEndpoint) impairInbound(d stack.NetworkDispatcher, v *buffer.View, 
 	if !ok {
 		return false
 	}
-	rule, dir := impair.Match(rules, &p)
-	if rule == nil {
-		return false
-	}
-	verdict, wait := rule.Decide(dir, p.Len, time.Now())
+	verdict, wait, rule := impair.Apply(rules, &p, time.Now())
 	if verdict != impair.Pass {
 		v.Release()
 		return true
@@ -74,11 +71,7 @@ func (e *linkEndpoint) impairOutbound(pkt *stack.PacketBuffer, rules []*impair.R
 		Src: netip.AddrFrom4(ip.SourceAddress().As4()), Dst: netip.AddrFrom4(ip.DestinationAddress().As4()),
 		Len: pkt.Size(),
 	}
-	rule, dir := impair.Match(rules, &p)
-	if rule == nil {
-		return false
-	}
-	verdict, wait := rule.Decide(dir, p.Len, time.Now())
+	verdict, wait, rule := impair.Apply(rules, &p, time.Now())
 	if verdict != impair.Pass {
 		return true
 	}
@@ -98,31 +91,33 @@ func (e *linkEndpoint) impairOutbound(pkt *stack.PacketBuffer, rules []*impair.R
 }
 
 // resetAfterBytes checks the flow against the rules' byte limits after n
-// bytes read from src were counted. keep >= 0 means a rule's limit is
+// bytes read from src were counted. A rule != nil means its limit is
 // reached: relay the first keep bytes of those n, then reset the flow.
 func (f *tcpFlow) resetAfterBytes(rules []*impair.Rule, src conn, n int) (keep int, rule *impair.Rule) {
-	rule = impair.MatchFlow(rules, addrPort(f.client), addrPort(f.server))
-	if rule == nil || rule.ResetBytes == 0 {
-		return -1, nil
-	}
 	dir := impair.ToClient
 	if src == f.a {
 		dir = impair.ToServer
 	}
-	if !rule.CountsDir(dir) {
-		return -1, nil
+	for _, r := range impair.MatchFlow(rules, addrPort(f.server)) {
+		if r.ResetBytes == 0 || !r.CountsDir(dir) {
+			continue
+		}
+		var counted int64
+		if r.CountsDir(impair.ToServer) {
+			counted += int64(f.stats.bytes[0].Load())
+		}
+		if r.CountsDir(impair.ToClient) {
+			counted += int64(f.stats.bytes[1].Load())
+		}
+		if counted < r.ResetBytes {
+			continue
+		}
+		k := int(max(0, r.ResetBytes-(counted-int64(n))))
+		if rule == nil || k < keep {
+			keep, rule = k, r
+		}
 	}
-	var counted int64
-	if rule.CountsDir(impair.ToServer) {
-		counted += int64(f.stats.bytes[0].Load())
-	}
-	if rule.CountsDir(impair.ToClient) {
-		counted += int64(f.stats.bytes[1].Load())
-	}
-	if counted < rule.ResetBytes {
-		return -1, nil
-	}
-	return int(max(0, rule.ResetBytes-(counted-int64(n)))), rule
+	return keep, rule
 }
 
 // resetSettle is how long a flow reset for its byte count waits after
@@ -141,22 +136,21 @@ func (r *relay) resetFlow(f *tcpFlow, rule *impair.Rule, settle time.Duration) {
 	f.abort()
 }
 
-// armReset starts a timer that resets f when the first rule with a time
-// limit that matches it says so; rules are looked at again when it fires,
-// so a rule deleted or changed since does not act. Run for each new
-// connection and for all of them when the rules change.
+// armReset starts a timer for each rule with a time limit that matches f,
+// which resets f when its limit has passed if the rule is still in force
+// then. Run for each new connection and for all of them when the rules
+// change; a timer of a rule since deleted does nothing.
 func (r *relay) armReset(f *tcpFlow, rules []*impair.Rule) {
-	rule := impair.MatchFlow(rules, addrPort(f.client), addrPort(f.server))
-	if rule == nil || rule.ResetAfter == 0 {
-		return
-	}
-	time.AfterFunc(max(0, time.Until(f.stats.start.Add(rule.ResetAfter))), func() {
-		rule := impair.MatchFlow(r.cfg.Impair.Active(), addrPort(f.client), addrPort(f.server))
-		if rule == nil || rule.ResetAfter == 0 || time.Since(f.stats.start) < rule.ResetAfter || !r.tracked(f) {
-			return
+	for _, rule := range impair.MatchFlow(rules, addrPort(f.server)) {
+		if rule.ResetAfter == 0 {
+			continue
 		}
-		r.resetFlow(f, rule, 0)
-	})
+		time.AfterFunc(max(0, time.Until(f.stats.start.Add(rule.ResetAfter))), func() {
+			if slices.Contains(r.cfg.Impair.Active(), rule) && r.tracked(f) {
+				r.resetFlow(f, rule, 0)
+			}
+		})
+	}
 }
 
 // rearmResets arms the time limits of every TCP flow under the rules now

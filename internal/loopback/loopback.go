@@ -18,6 +18,7 @@ import (
 	"runtime"
 	"time"
 
+	"github.com/uloop/uloop/impair"
 	"github.com/uloop/uloop/route"
 	"github.com/uloop/uloop/stack"
 	"github.com/uloop/uloop/tundev"
@@ -33,6 +34,9 @@ type Options struct {
 	MaxFlows   int
 	Offload    bool
 	Procs      int
+	// Impair are the impairment rules to start with (--impair, repeatable;
+	// see the impair package for the syntax).
+	Impair []string
 }
 
 // AddFlags registers the shared flags on fs, with their defaults, into o.
@@ -44,6 +48,13 @@ func (o *Options) AddFlags(fs *flag.FlagSet, what string) {
 	fs.DurationVar(&o.UDPTimeout, "udp-timeout", stack.DefaultUDPIdleTimeout, "close a relayed UDP flow after this long without a datagram")
 	fs.IntVar(&o.MaxFlows, "max-flows", stack.DefaultMaxFlows, "TCP connections and UDP flows relayed at once; past it new ones are refused at once")
 	fs.BoolVar(&o.Offload, "offload", true, "use TUN offloads (TSO, checksum offload, GSO writes)")
+	fs.Func("impair", "impair chosen ports, e.g. 'tcp:5432 delay=80ms jitter=5ms loss=1%' (repeatable; see docs/usage.md)", func(s string) error {
+		if _, err := impair.Parse(s); err != nil {
+			return err
+		}
+		o.Impair = append(o.Impair, s)
+		return nil
+	})
 	fs.IntVar(&o.Procs, "procs", 0, "CPUs "+what+" runs Go code on at once (GOMAXPROCS); 0: half the CPUs, at least 1, unless GOMAXPROCS is set")
 }
 
@@ -102,7 +113,9 @@ func Up(o Options, rcfg route.Config, log *slog.Logger) (*Loopback, error) {
 		return nil, err
 	}
 	metrics := new(stack.Metrics)
+	rules := new(impair.Table)
 	st, err := stack.New(stack.Config{
+		Impair:         rules,
 		Device:         dev,
 		Metrics:        metrics,
 		Logger:         log,
@@ -122,6 +135,12 @@ func Up(o Options, rcfg route.Config, log *slog.Logger) (*Loopback, error) {
 	l := &Loopback{Stack: st, Route: rcfg, takeover: takeover}
 	if err := probe(rcfg.Source(), metrics); err != nil {
 		return nil, errors.Join(fmt.Errorf("data path does not answer: %w", err), l.Close())
+	}
+	// Only now: a rule may well blackhole the probe's address.
+	for _, spec := range o.Impair {
+		if _, err := rules.Add(spec); err != nil {
+			return nil, errors.Join(err, l.Close())
+		}
 	}
 	return l, nil
 }
