@@ -17,7 +17,7 @@ func TestParse(t *testing.T) {
 		{"icmp addr=127.0.0.2 delay=10ms", "icmp addr=127.0.0.2 delay=10ms"},
 		{"all addr=127.0.0.2-127.0.0.9 blackhole", "all addr=127.0.0.2-127.0.0.9 blackhole"},
 		{"tcp:5201 rate=10mbit", "tcp:5201 rate=1e+07bit"},
-		{"tcp:5201 rate=1MB/s burst=16KiB queue=1s", "tcp:5201 rate=8e+06bit burst=16384 queue=1s"},
+		{"tcp:5201 rate=1MB/s burst=16KiB queue=2s", "tcp:5201 rate=8e+06bit burst=16384 queue=2s"},
 		{"tcp:6379 reset-after=1MB", "tcp:6379 reset-after=1000000B"},
 		{"tcp:6379 reset-after=30s", "tcp:6379 reset-after=30s"},
 		{"tcp:80 delay=20ms jitter=10ms corr=25%", "tcp:80 delay=20ms jitter=10ms corr=25%"},
