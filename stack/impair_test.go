@@ -131,6 +131,7 @@ func TestImpairResetAfterBytes(t *testing.T) {
 			return
 		}
 		defer c.Close()
+		c.SetDeadline(time.Now().Add(10 * time.Second))
 		n, err := io.Copy(io.Discard, c)
 		srv <- result{int(n), err}
 	}()
