@@ -423,7 +423,7 @@ func (r *Rule) String() string {
 		fmt.Fprintf(&b, " loss=%s%%", strconv.FormatFloat(r.Loss*100, 'g', -1, 64))
 	}
 	if r.Rate > 0 {
-		fmt.Fprintf(&b, " rate=%sbit", strconv.FormatFloat(r.Rate*8, 'g', -1, 64))
+		fmt.Fprintf(&b, " rate=%s", rateString(r.Rate))
 		if r.Burst != DefaultBurst {
 			fmt.Fprintf(&b, " burst=%d", r.Burst)
 		}
@@ -441,6 +441,20 @@ func (r *Rule) String() string {
 		fmt.Fprintf(&b, " reset-after=%s", r.ResetAfter)
 	}
 	return b.String()
+}
+
+// rateString is bytes/s r in the largest bit unit that keeps it whole.
+func rateString(r float64) string {
+	bits := r * 8
+	for _, u := range []struct {
+		name string
+		mult float64
+	}{{"gbit", 1e9}, {"mbit", 1e6}, {"kbit", 1e3}} {
+		if v := bits / u.mult; v >= 1 && v == math.Trunc(v) {
+			return strconv.FormatFloat(v, 'f', -1, 64) + u.name
+		}
+	}
+	return strconv.FormatFloat(bits, 'f', -1, 64) + "bit"
 }
 
 // PacketActions says whether the rule acts on packets (delay, loss, rate,
