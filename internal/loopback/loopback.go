@@ -138,9 +138,11 @@ func Up(o Options, rcfg route.Config, log *slog.Logger) (*Loopback, error) {
 	}
 	// Only now: a rule may well blackhole the probe's address.
 	for _, spec := range o.Impair {
-		if _, err := rules.Add(spec); err != nil {
+		r, err := rules.Add(spec)
+		if err != nil {
 			return nil, errors.Join(err, l.Close())
 		}
+		log.Info("impairment", "id", r.ID, "rule", r.Spec)
 	}
 	return l, nil
 }
