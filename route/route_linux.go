@@ -95,6 +95,24 @@ func Cleanup(c Config) error {
 	return nil
 }
 
+// HandBack gives c.Prefix back to the kernel's lo while the data path is
+// still in place: it deletes the takeover's rule, so that lookups fall
+// through to the local rule Apply moved to c.Priority+1. It is what a
+// watchdog does when the data path stops answering; 127/8 is deliverable
+// throughout. Undo and Cleanup still work afterwards (deleting a rule that
+// is gone is a no-op). Idempotent.
+// Equivalent to: ip rule del pref 1 iif lo to 127.0.0.0/8 lookup 127
+func HandBack(c Config) error {
+	if err := c.Validate(); err != nil {
+		return fmt.Errorf("handing loopback back: %w", err)
+	}
+	c = c.withDefaults()
+	if _, err := delRule(c.rule()); err != nil {
+		return fmt.Errorf("handing %v back to lo: %w", c.Prefix, err)
+	}
+	return nil
+}
+
 // CleanupRouting removes the routing a killed daemon left with this config,
 // leaving devices alone: it puts "0: from all lookup local" back if no IPv4
 // rule other than the moved one looks up the local table, then deletes our

@@ -515,3 +515,32 @@ func TestTrafficThroughTUN(t *testing.T) {
 		})
 	}
 }
+
+// TestHandBack: with the takeover in place and the TUN still up, HandBack
+// sends 127/8 back to lo at once; Undo afterwards still restores the
+// namespace exactly, and a second HandBack is a no-op.
+func TestHandBack(t *testing.T) {
+	inNewNetns(t)
+	before := snapshot(t)
+	tun := newTUN(t, tunName)
+	c := route.Config{Device: tunName}
+	tk := apply(t, c)
+	if dev, _ := routeVia(t, "127.0.0.1"); dev != tunName {
+		t.Fatalf("route to 127.0.0.1 after Apply: got dev %s, want %s", dev, tunName)
+	}
+	for i := range 2 {
+		if err := route.HandBack(c); err != nil {
+			t.Fatalf("HandBack #%d: %v", i+1, err)
+		}
+		if dev, _ := routeVia(t, "127.0.0.1"); dev != "lo" {
+			t.Errorf("route to 127.0.0.1 after HandBack #%d: got dev %s, want lo", i+1, dev)
+		}
+	}
+	if err := tk.Undo(); err != nil {
+		t.Errorf("Undo after HandBack: %v", err)
+	}
+	if err := netlink.LinkDel(tun); err != nil {
+		t.Fatal(err)
+	}
+	checkSnapshot(t, "after HandBack and Undo", before)
+}

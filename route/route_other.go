@@ -18,3 +18,6 @@ func Cleanup(c Config) error { return errUnsupported }
 
 // CleanupRouting is only implemented on Linux.
 func CleanupRouting(c Config) error { return errUnsupported }
+
+// HandBack is only implemented on Linux.
+func HandBack(c Config) error { return errUnsupported }

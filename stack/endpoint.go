@@ -6,6 +6,7 @@ import (
 	"os"
 	"runtime"
 	"sync"
+	"sync/atomic"
 
 	"github.com/uloop/uloop/impair"
 	"github.com/uloop/uloop/tundev"
@@ -41,6 +42,9 @@ type linkEndpoint struct {
 	gso bool
 	// acks holds the stack's pure ACKs briefly (see ackHolder).
 	acks *ackHolder
+	// rxTrusted is whether the packet the reader is delivering has
+	// checksums the kernel vouched for (see Capabilities).
+	rxTrusted atomic.Bool
 	// impair holds the impairment rules (nil: none ever), line the
 	// packets they delay (see impairInbound).
 	impair *impair.Table
@@ -105,13 +109,27 @@ func (*linkEndpoint) LinkAddress() tcpip.LinkAddress { return "" }
 // SetLinkAddress implements stack.LinkEndpoint.SetLinkAddress.
 func (*linkEndpoint) SetLinkAddress(tcpip.LinkAddress) {}
 
-// Capabilities implements stack.LinkEndpoint.Capabilities. TX checksum
-// offload: gVisor leaves TCP and UDP checksums to the link, and vnetHdr
-// hands them to the kernel as partial (CHECKSUM_PARTIAL), which local
-// delivery trusts without summing the payload. No RX offload: on the way
-// in, gVisor's own check is what turns a corrupt packet (say, from a raw
-// socket) into a counted drop, as the kernel's lo would drop it.
-func (*linkEndpoint) Capabilities() stack.LinkEndpointCapabilities {
+// Capabilities implements stack.LinkEndpoint.Capabilities.
+//
+// TX checksum offload: gVisor leaves TCP and UDP checksums to the link, and
+// vnetHdr hands them to the kernel as partial (CHECKSUM_PARTIAL), which
+// local delivery trusts without summing the payload.
+//
+// RX checksum offload, per packet: gVisor's NIC reads the capabilities for
+// every packet it is handed (nic.DeliverNetworkPacket sets the packet's
+// RXChecksumValidated from them), and nothing else in the stack looks at
+// the RX bit. So the reader sets rxTrusted just before it delivers each
+// packet, from what the kernel said about it (tundev.VirtioNetHdr's
+// ChecksumTrusted): a packet the kernel built itself, whose transport
+// checksum it left partial, is not checksummed at all, while one written by
+// a raw or packet socket is verified by gVisor as before, and a bad one
+// becomes a counted drop, as kernel lo would drop it. This works because
+// one goroutine delivers; TestTrustedChecksum fails if a gVisor update
+// stops reading the capabilities per packet.
+func (e *linkEndpoint) Capabilities() stack.LinkEndpointCapabilities {
+	if e.rxTrusted.Load() {
+		return stack.CapabilityTXChecksumOffload | stack.CapabilityRXChecksumOffload
+	}
 	return stack.CapabilityTXChecksumOffload
 }
 
@@ -197,6 +215,7 @@ func (e *linkEndpoint) readLoop(d stack.NetworkDispatcher) {
 	views := make([]*buffer.View, batch)
 	bufs := make([][]byte, batch)
 	sizes := make([]int, batch)
+	hdrs := make([]tundev.VirtioNetHdr, batch)
 	fill := func(i int) {
 		views[i] = buffer.NewViewSize(tundev.SlotSize(i, int(e.mtu)))
 		bufs[i] = views[i].AsSlice()
@@ -221,20 +240,21 @@ func (e *linkEndpoint) readLoop(d stack.NetworkDispatcher) {
 		if yield {
 			runtime.Gosched()
 		}
-		n, err := e.dev.Read(bufs, sizes, 0)
+		n, err := e.dev.Read(bufs, sizes, hdrs, 0)
 		for i := 0; i < n; i++ {
 			if sizes[i] < copyBelow {
 				// Hand over a tight copy and keep the big buffer.
-				e.deliver(d, buffer.NewViewWithData(bufs[i][:sizes[i]]))
+				e.deliver(d, buffer.NewViewWithData(bufs[i][:sizes[i]]), hdrs[i])
 				continue
 			}
 			views[i].CapLength(sizes[i])
-			e.deliver(d, views[i])
+			e.deliver(d, views[i], hdrs[i])
 			fill(i)
 		}
-		if errors.Is(err, tundev.ErrTooManySegments) {
+		if errors.Is(err, tundev.ErrTooManySegments) || errors.Is(err, tundev.ErrDropped) {
 			// A GSO super-packet split into more segments than one batch
-			// holds; the kernel retransmits what was lost.
+			// holds, or one that could not be split; the kernel
+			// retransmits what was lost.
 			e.metrics.DroppedPackets.Add(1)
 			continue
 		}
@@ -249,33 +269,36 @@ func (e *linkEndpoint) readLoop(d stack.NetworkDispatcher) {
 	}
 }
 
-// deliver hands one packet read from the device to the stack, or back to
-// the kernel; it takes ownership of v.
-func (e *linkEndpoint) deliver(d stack.NetworkDispatcher, v *buffer.View) {
+// deliver hands one packet read from the device with the virtio-net header
+// h (which says whether its checksums need verifying) to the stack, or back
+// to the kernel; it takes ownership of v.
+func (e *linkEndpoint) deliver(d stack.NetworkDispatcher, v *buffer.View, h tundev.VirtioNetHdr) {
 	pkt := v.AsSlice()
 	e.metrics.TUNRxPackets.Add(1)
 	e.metrics.TUNRxBytes.Add(uint64(len(pkt)))
+	trusted := h.ChecksumTrusted()
+	if trusted {
+		e.metrics.TUNRxChecksumTrusted.Add(1)
+	}
 	switch classify(pkt) {
 	case toStack:
-		if rules := e.impair.Active(); rules != nil && e.impairInbound(d, v, rules) {
+		if rules := e.impair.Active(); rules != nil && e.impairInbound(d, v, h, rules) {
 			return
 		}
-		e.toStack(d, v)
+		pb := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: splitHeaders(v)})
+		e.rxTrusted.Store(trusted)
+		d.DeliverNetworkPacket(header.IPv4ProtocolNumber, pb)
+		pb.DecRef()
 	case passThrough:
+		// Back with what the kernel said about its checksum: a partial
+		// one stays partial, and the kernel trusts it again on delivery.
 		e.metrics.PassthroughPackets.Add(1)
-		e.write(tundev.VirtioNetHdr{}, [][]byte{pkt})
+		e.write(tundev.VirtioNetHdr{Flags: h.Flags, CsumStart: h.CsumStart, CsumOffset: h.CsumOffset}, [][]byte{pkt})
 		v.Release()
 	default:
 		e.metrics.DroppedPackets.Add(1)
 		v.Release()
 	}
-}
-
-// toStack delivers the packet in v to the stack; it takes ownership of v.
-func (e *linkEndpoint) toStack(d stack.NetworkDispatcher, v *buffer.View) {
-	pb := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: splitHeaders(v)})
-	d.DeliverNetworkPacket(header.IPv4ProtocolNumber, pb)
-	pb.DecRef()
 }
 
 // splitHeaders returns the packet in v as a buffer whose first view holds a

@@ -24,7 +24,7 @@ type discardDevice struct {
 
 func newDiscardDevice() *discardDevice { return &discardDevice{closed: make(chan struct{})} }
 
-func (d *discardDevice) Read([][]byte, []int, int) (int, error) {
+func (d *discardDevice) Read([][]byte, []int, []tundev.VirtioNetHdr, int) (int, error) {
 	<-d.closed
 	return 0, os.ErrClosed
 }
@@ -75,7 +75,7 @@ func BenchmarkDeliver64K(b *testing.B) {
 		// kernel), which is not the endpoint's cost.
 		v := buffer.NewViewWithData(pkt)
 		b.StartTimer()
-		e.deliver(d, v)
+		e.deliver(d, v, tundev.VirtioNetHdr{Flags: tundev.VirtioNetHdrFNeedsCsum, CsumStart: header.IPv4MinimumSize, CsumOffset: header.TCPChecksumOffset})
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/uloop/uloop/tundev"
 	"gvisor.dev/gvisor/pkg/buffer"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 )
@@ -43,6 +44,6 @@ func FuzzInbound(f *testing.F) {
 		s.link.mu.Lock()
 		d := s.link.dispatcher
 		s.link.mu.Unlock()
-		s.link.deliver(d, buffer.NewViewWithData(pkt))
+		s.link.deliver(d, buffer.NewViewWithData(pkt), tundev.VirtioNetHdr{})
 	})
 }

@@ -1,12 +1,15 @@
 package stack
 
 import (
+	"encoding/binary"
 	"net/netip"
 	"slices"
 	"time"
 
 	"github.com/uloop/uloop/impair"
+	"github.com/uloop/uloop/tundev"
 	"gvisor.dev/gvisor/pkg/buffer"
+	"gvisor.dev/gvisor/pkg/tcpip/checksum"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
 )
@@ -29,10 +32,11 @@ import (
 // queue would drop it.
 const maxDelayedBytes = 64 << 20
 
-// impairInbound applies the rules to a packet read from the device that is
-// bound for the stack. It returns true if it took the packet (dropped, or
-// delayed to be delivered later); false: deliver it now.
-func (e *linkEndpoint) impairInbound(d stack.NetworkDispatcher, v *buffer.View, rules []*impair.Rule) bool {
+// impairInbound applies the rules to a packet read from the device with
+// virtio-net header h that is bound for the stack. It returns true if it
+// took the packet (dropped, or delayed to be delivered later); false:
+// deliver it now.
+func (e *linkEndpoint) impairInbound(d stack.NetworkDispatcher, v *buffer.View, h tundev.VirtioNetHdr, rules []*impair.Rule) bool {
 	p, ok := impair.ParseIPv4(v.AsSlice())
 	if !ok {
 		return false
@@ -45,11 +49,75 @@ func (e *linkEndpoint) impairInbound(d stack.NetworkDispatcher, v *buffer.View, 
 	if wait <= 0 {
 		return false
 	}
-	if !e.line.Schedule(p.FlowKey(), wait, p.Len, func() { e.toStack(d, v) }, v.Release) {
+	if !settleChecksums(v.AsSlice(), h) {
+		e.metrics.DroppedPackets.Add(1)
+		v.Release()
+		return true
+	}
+	if !e.line.Schedule(p.FlowKey(), wait, p.Len, func() { e.deliverDelayed(d, v) }, v.Release) {
 		rule.Counters.Overflow.Add(1)
 		v.Release()
 	}
 	return true
+}
+
+// deliverDelayed delivers a delayed packet to the stack, from the delay
+// line's goroutine; it takes ownership of v. It leaves rxTrusted alone: that
+// is the reader's, set for the packet the reader delivers, and this packet
+// may reach the NIC while the reader is between its store and its delivery.
+// So the packet must be right whichever way gVisor takes it, checked or
+// trusted: settleChecksums made it so before it was delayed.
+func (e *linkEndpoint) deliverDelayed(d stack.NetworkDispatcher, v *buffer.View) {
+	pb := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: splitHeaders(v)})
+	d.DeliverNetworkPacket(header.IPv4ProtocolNumber, pb)
+	pb.DecRef()
+}
+
+// settleChecksums makes the checksums of pkt, read with virtio-net header
+// h, valid as bytes, so that the packet is right whether or not gVisor
+// verifies it (see deliverDelayed): a partial checksum (NEEDS_CSUM, the
+// kernel's own packets) is completed here; one the kernel verified
+// (DATA_VALID) is already whole; any other packet (written by a raw or
+// packet socket) is verified here as gVisor would, and false means it is
+// bad and must be dropped. A fragment of such a packet cannot be verified
+// alone and passes as it is. Only delayed packets pay for this.
+func settleChecksums(pkt []byte, h tundev.VirtioNetHdr) bool {
+	if h.Flags&tundev.VirtioNetHdrFNeedsCsum != 0 {
+		start, field := int(h.CsumStart), int(h.CsumStart)+int(h.CsumOffset)
+		if field+2 > len(pkt) || start > field {
+			return false
+		}
+		sum := ^checksum.Checksum(pkt[start:], 0)
+		if sum == 0 && len(pkt) > header.IPv4MinimumSize && header.IPv4(pkt).TransportProtocol() == header.UDPProtocolNumber {
+			sum = 0xffff // 0 means "no checksum" in UDP (RFC 768)
+		}
+		binary.BigEndian.PutUint16(pkt[field:], sum)
+		return true
+	}
+	if h.ChecksumTrusted() {
+		return true
+	}
+	ip := header.IPv4(pkt)
+	if !ip.IsValid(len(pkt)) || !ip.IsChecksumValid() {
+		return false
+	}
+	if ip.More() || ip.FragmentOffset() != 0 {
+		return true
+	}
+	l4 := pkt[ip.HeaderLength():ip.TotalLength()]
+	switch ip.TransportProtocol() {
+	case header.TCPProtocolNumber:
+	case header.UDPProtocolNumber:
+		if len(l4) >= header.UDPMinimumSize && header.UDP(l4).Checksum() == 0 {
+			return true
+		}
+	case header.ICMPv4ProtocolNumber:
+		return checksum.Checksum(l4, 0) == 0xffff
+	default:
+		return true
+	}
+	pseudo := header.PseudoHeaderChecksum(ip.TransportProtocol(), ip.SourceAddress(), ip.DestinationAddress(), uint16(len(l4)))
+	return checksum.Checksum(l4, pseudo) == 0xffff
 }
 
 // impairOutbound applies the rules to a packet the stack writes, if it is

@@ -11,6 +11,7 @@ import (
 
 	"github.com/uloop/uloop/impair"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
+	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
 )
 
@@ -162,4 +163,56 @@ func TestImpairResetAfterBytes(t *testing.T) {
 
 func isReset(err error) bool {
 	return err != nil && (errors.Is(err, syscall.ECONNRESET) || bytes.Contains([]byte(err.Error()), []byte("reset")))
+}
+
+// TestImpairDelayedChecksums: a delayed packet reaches the stack from the
+// delay line while the reader may have told gVisor, for its own packet,
+// to check checksums or to trust them. A delayed SYN with a partial
+// checksum (the kernel's own) is still relayed when the reader's last
+// packet was one to check; a delayed SYN with a bad checksum and no
+// offload flag (a raw socket's) is still dropped when the reader's last
+// packet was a trusted one.
+func TestImpairDelayedChecksums(t *testing.T) {
+	tab := impairTable(t, "tcp:80 delay=50ms")
+	s, dev, out := newCaptureStack(t, Config{Impair: tab})
+	lo := [4]byte{127, 0, 0, 1}
+	// packets returns what the stack writes within d, TCP SYNs to port
+	// 80 counted apart.
+	packets := func(d time.Duration) (syns int) {
+		deadline := time.After(d)
+		for {
+			select {
+			case p := <-out:
+				ip := header.IPv4(p)
+				if ip.TransportProtocol() == header.TCPProtocolNumber {
+					if tcp := header.TCP(p[ip.HeaderLength():]); tcp.Flags() == header.TCPFlagSyn && tcp.DestinationPort() == 80 {
+						syns++
+					}
+				}
+			case <-deadline:
+				return syns
+			}
+		}
+	}
+
+	pkt, partial := partialSYN(lo, [4]byte{127, 0, 0, 2}, 4000, 80)
+	dev.InjectWith(partial, pkt)
+	// An echo request from a raw socket: the reader has gVisor check it,
+	// and the stack answers it while the SYN waits.
+	dev.Inject(echoRequest(lo, [4]byte{127, 0, 0, 9}, 1, 1, []byte("x")))
+	if n := packets(500 * time.Millisecond); n != 1 {
+		t.Errorf("delayed SYN with a partial checksum (NEEDS_CSUM): relayed %d times, want once", n)
+	}
+
+	dropped := s.Metrics().DroppedPackets.Load()
+	bad, _ := partialSYN(lo, [4]byte{127, 0, 0, 3}, 4001, 80) // no flag: the partial sum is a bad checksum
+	dev.Inject(bad)
+	good, partial := partialSYN(lo, [4]byte{127, 0, 0, 4}, 4002, 81) // trusted, not delayed
+	dev.InjectWith(partial, good)
+	if n := packets(500 * time.Millisecond); n != 0 {
+		t.Errorf("delayed SYN with a bad checksum: relayed %d times, want dropped", n)
+	}
+	if got := s.Metrics().DroppedPackets.Load() - dropped; got != 1 {
+		t.Errorf("DroppedPackets grew by %d, want 1", got)
+	}
 }

@@ -10,6 +10,9 @@ type Metrics struct {
 	TUNTxPackets   atomic.Uint64 // packets written to the device
 	TUNTxBytes     atomic.Uint64
 	TUNWriteErrors atomic.Uint64 // device writes that failed (packets lost)
+	// TUNRxChecksumTrusted counts packets read whose checksums the kernel
+	// vouched for (it built them, or verified them): nobody sums them.
+	TUNRxChecksumTrusted atomic.Uint64
 
 	TCPConnections       atomic.Uint64 // TCP connections relayed
 	TCPConnectionsActive atomic.Int64

@@ -1,12 +1,16 @@
 // Package tundev is the kernel TUN device that uloop's data path reads
 // packets from and writes them back to.
 //
-// It wraps wireguard-go's tun package, opened with IFF_VNET_HDR and TCP
-// offloads (TSO, checksum offload), so one Read can return a batch of packets
-// split from a GSO super-packet. Writes do not go through wireguard-go (whose
-// Write coalesces TCP segments, GRO): WritePacket hands each packet to
-// writev(2) as the list of buffers it already is, with a virtio-net header
-// that lets the kernel do the segmenting and checksumming.
+// The device is created by wireguard-go's tun package, opened with
+// IFF_VNET_HDR and TCP offloads (TSO, checksum offload), but packets do not
+// go through wireguard-go in either direction. Read reads each packet with
+// readv(2) straight into the caller's buffer behind its virtio-net header,
+// splits a GSO super-packet itself (one Read then returns a batch of
+// segments) and reports per packet what the kernel vouched for, so that
+// nobody checksums a packet the kernel built itself. WritePacket hands each
+// packet to writev(2) as the list of buffers it already is, with a
+// virtio-net header that lets the kernel do the segmenting and
+// checksumming.
 package tundev
 
 import (
@@ -33,11 +37,10 @@ const (
 )
 
 // A Read of the kernel device reads one packet of at most maxSuperPacket
-// bytes (wireguard-go's read buffer: the largest IPv4 packet, a GSO
-// super-packet included) and, if it is a super-packet, splits it into
-// segments of gso_size data bytes each behind a copy of its headers, at
-// most maxSegmentHeaders bytes of them (IPv4 60 or IPv6 40, plus TCP 60 or
-// UDP 8).
+// bytes (the largest IPv4 packet, a GSO super-packet included) and, if it
+// is a super-packet, splits it into segments of gso_size data bytes each
+// behind a copy of its headers, at most maxSegmentHeaders bytes of them
+// (IPv4 60 or IPv6 40, plus TCP 60 or UDP 8).
 const (
 	maxSuperPacket    = 65535
 	maxSegmentHeaders = 256
@@ -62,15 +65,17 @@ func SlotSize(i, mtu int) int {
 // tun.Device that the data path uses, so an in-memory device can stand in
 // for the kernel one in tests that run without root.
 type Device interface {
-	// Read reads one or more packets into bufs, each starting at offset, and
-	// sets their lengths in sizes. len(bufs) and len(sizes) must be at least
-	// BatchSize(), and buffer i must hold offset+SlotSize(i, MTU()) bytes
-	// (the first a whole packet, the others what a split can put there,
-	// less and less). It returns
-	// the number of packets read. After Close it returns an error wrapping
-	// os.ErrClosed. ErrTooManySegments is not fatal: the n packets read are
-	// valid and the next Read works.
-	Read(bufs [][]byte, sizes []int, offset int) (n int, err error)
+	// Read reads one or more packets into bufs, each starting at offset,
+	// sets their lengths in sizes and, in hdrs, what the kernel says about
+	// their checksums (see VirtioNetHdr.ChecksumTrusted; never a GSO type:
+	// super-packets come back split). len(bufs), len(sizes) and len(hdrs)
+	// must be at least BatchSize(), and buffer i must hold
+	// offset+SlotSize(i, MTU()) bytes (the first a whole packet, the others
+	// what a split can put there, less and less). It returns the number of
+	// packets read. After Close it returns an error wrapping os.ErrClosed.
+	// ErrTooManySegments and ErrDropped are not fatal: the n packets read
+	// are valid and the next Read works.
+	Read(bufs [][]byte, sizes []int, hdrs []VirtioNetHdr, offset int) (n int, err error)
 	// WritePacket writes one packet, the concatenation of pkt, preceded by
 	// vnet, which tells the kernel what it still has to do to the packet
 	// (complete its checksum, treat it as a GSO super-packet). The packet
@@ -96,13 +101,19 @@ var (
 	// valid, the rest of that super-packet is lost (TCP retransmits it), and
 	// reading goes on.
 	ErrTooManySegments = errors.New("GSO packet split into more segments than one batch holds")
+	// ErrDropped is returned by Read when the kernel handed over a packet
+	// that cannot be passed on (a GSO super-packet of a kind uloop does not
+	// split, or with headers that make no sense): it is dropped, the n
+	// packets returned with it are valid, and reading goes on.
+	ErrDropped = errors.New("packet from the device dropped")
 )
 
 // VirtioNetHdr is struct virtio_net_hdr (linux/virtio_net.h): how a packet
-// written to the device is to be checksummed and segmented. The zero value
-// means a complete packet with a valid checksum.
+// written to the device is to be checksummed and segmented, and for one read
+// from it, what the kernel knows about its checksum. The zero value means a
+// complete packet whose checksum nobody has verified.
 type VirtioNetHdr struct {
-	Flags      uint8  // VirtioNetHdrFNeedsCsum or 0
+	Flags      uint8  // VirtioNetHdrFNeedsCsum, VirtioNetHdrFDataValid or 0
 	GSOType    uint8  // VirtioNetHdrGSONone, VirtioNetHdrGSOTCPv4, ...
 	HdrLen     uint16 // length of the headers, for GSO
 	GSOSize    uint16 // segment payload size (MSS), for GSO
@@ -112,11 +123,40 @@ type VirtioNetHdr struct {
 
 // Values of VirtioNetHdr fields, from linux/virtio_net.h.
 const (
-	VirtioNetHdrFNeedsCsum = 1
-	VirtioNetHdrGSONone    = 0
-	VirtioNetHdrGSOTCPv4   = 1
-	VirtioNetHdrGSOTCPv6   = 4
+	VirtioNetHdrFNeedsCsum  = 1
+	VirtioNetHdrFDataValid  = 2
+	VirtioNetHdrGSONone     = 0
+	VirtioNetHdrGSOTCPv4    = 1
+	VirtioNetHdrGSOUDP      = 3 // UFO, IPv4 fragmentation offload; never enabled here
+	VirtioNetHdrGSOTCPv6    = 4
+	VirtioNetHdrGSOUDPL4    = 5 // USO, UDP segmentation (UDP_SEGMENT senders)
+	VirtioNetHdrGSOECN      = 0x80
+	virtioNetHdrGSOTypeMask = 0x7f
 )
+
+// ChecksumTrusted reports whether the kernel vouches for the checksums of a
+// packet read with h, so that the receiver need not verify them. NEEDS_CSUM
+// (CHECKSUM_PARTIAL) means the kernel built the packet itself and left the
+// transport checksum to the device: the field holds only the pseudo-header
+// sum, and the data cannot have been corrupted on its way through memory.
+// DATA_VALID (CHECKSUM_UNNECESSARY) means the kernel verified it. A packet
+// with neither came in as bytes somebody else wrote (a raw socket, a packet
+// socket) and its checksums must be checked like a wire's.
+func (h VirtioNetHdr) ChecksumTrusted() bool {
+	return h.Flags&(VirtioNetHdrFNeedsCsum|VirtioNetHdrFDataValid) != 0
+}
+
+// Unmarshal reads h from b, which must hold VirtioNetHdrLen bytes
+// (little-endian, as Marshal writes them).
+func (h *VirtioNetHdr) Unmarshal(b []byte) {
+	_ = b[VirtioNetHdrLen-1]
+	h.Flags = b[0]
+	h.GSOType = b[1]
+	h.HdrLen = binary.LittleEndian.Uint16(b[2:])
+	h.GSOSize = binary.LittleEndian.Uint16(b[4:])
+	h.CsumStart = binary.LittleEndian.Uint16(b[6:])
+	h.CsumOffset = binary.LittleEndian.Uint16(b[8:])
+}
 
 // Marshal writes h into b, which must hold VirtioNetHdrLen bytes. The
 // fields are little-endian (virtio 1.0; the kernel's TUN assumes so unless

@@ -5,25 +5,66 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"sync"
+	"sync/atomic"
 	"syscall"
+	"unsafe"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 	"golang.zx2c4.com/wireguard/tun"
 )
 
-// kernelDevice is a kernel TUN device opened through wireguard-go. Reads go
-// through wireguard-go, which splits GSO super-packets and completes partial
-// checksums; writes bypass it with writev(2) on the same descriptor, so an
-// outgoing packet made of several buffers (gVisor keeps headers and payload
-// apart) reaches the kernel without being flattened first. wireguard-go's
-// own Write needs one contiguous buffer per packet and also issues one
-// write(2) per packet: the kernel's TUN has no batched write.
+// kernelDevice is a kernel TUN device created through wireguard-go, whose
+// descriptor it reads and writes itself.
+//
+// Reads: wireguard-go's Read reads into a buffer of its own, copies each
+// packet into the caller's, and completes every partial checksum in Go
+// (which gVisor then verifies again). Here readv(2) puts the virtio-net
+// header into a small buffer and the packet straight into the caller's
+// buffer (the view gVisor will own); the header goes back to the caller, so
+// a packet the kernel built itself is never checksummed in user space.
+// Only a GSO super-packet larger than that buffer spills into a buffer of
+// the device's, and is split anyway.
+// (wireguard-go's Read also returned the errors of its netlink listener,
+// which only reports link events; they are not read errors of the device,
+// and they no longer stop the reader.)
+//
+// Writes: writev(2), so an outgoing packet made of several buffers (gVisor
+// keeps headers and payload apart) reaches the kernel without being
+// flattened first. wireguard-go's own Write needs one contiguous buffer per
+// packet and also issues one write(2) per packet: the kernel's TUN has no
+// batched write.
 type kernelDevice struct {
 	tun.Device
-	name string
-	mtu  int
-	raw  syscall.RawConn
+	name   string
+	mtu    int
+	raw    syscall.RawConn
+	closed atomic.Bool
+
+	// The reader's state: Read is not meant to be called concurrently,
+	// but a mutex keeps two callers from sharing it.
+	rmu sync.Mutex
+	// +checklocks:rmu
+	vnet [VirtioNetHdrLen]byte
+	// spill takes what does not fit the first buffer: only a GSO
+	// super-packet can be larger than the MTU. Set by Create; its
+	// contents belong to the Read holding rmu.
+	spill []byte
+	// iov is readv's vector: vnet, the caller's first buffer, spill.
+	// +checklocks:rmu
+	iov [3]unix.Iovec
+	// readv is d.readvOnce, bound once so that a Read allocates nothing
+	// (a closure passed to RawConn.Read escapes).
+	readv func(fd uintptr) bool
+	// iovcnt is how many of iov the next readv uses.
+	// +checklocks:rmu
+	iovcnt int
+	// n and errno are what the last readv returned.
+	// +checklocks:rmu
+	n int
+	// +checklocks:rmu
+	errno syscall.Errno
 }
 
 var _ Device = (*kernelDevice)(nil)
@@ -54,6 +95,27 @@ func Create(name string, mtu int, offload bool) (Device, error) {
 		dev.Close()
 		return nil, fmt.Errorf("TUN device %s: %w", name, err)
 	}
+	// Read relies on the virtio-net header that wireguard-go asks for: it
+	// says which packets the kernel built itself and which are GSO
+	// super-packets.
+	var flags uint16
+	var ioctlErr error
+	if err := raw.Control(func(fd uintptr) {
+		var ifr *unix.Ifreq
+		if ifr, ioctlErr = unix.NewIfreq(name); ioctlErr == nil {
+			ioctlErr = unix.IoctlIfreq(int(fd), unix.TUNGETIFF, ifr)
+			flags = ifr.Uint16()
+		}
+	}); err == nil {
+		err = ioctlErr
+	}
+	if err == nil && flags&unix.IFF_VNET_HDR == 0 {
+		err = errors.New("opened without IFF_VNET_HDR")
+	}
+	if err != nil {
+		dev.Close()
+		return nil, fmt.Errorf("TUN device %s: %w", name, err)
+	}
 	if !offload {
 		var ioctlErr error
 		if err := raw.Control(func(fd uintptr) {
@@ -67,6 +129,10 @@ func Create(name string, mtu int, offload bool) (Device, error) {
 		}
 	}
 	d := &kernelDevice{Device: dev, name: name, mtu: mtu, raw: raw}
+	if mtu < maxSuperPacket {
+		d.spill = make([]byte, maxSuperPacket-mtu)
+	}
+	d.readv = d.readvOnce
 	// wireguard-go reports link up/down and MTU changes on a small buffered
 	// channel; nobody here needs them, but an unread channel would block its
 	// netlink listener goroutine forever.
@@ -77,13 +143,80 @@ func Create(name string, mtu int, offload bool) (Device, error) {
 	return d, nil
 }
 
-// Read implements Device.Read, through wireguard-go.
-func (d *kernelDevice) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
-	n, err := d.Device.Read(bufs, sizes, offset)
-	if errors.Is(err, tun.ErrTooManySegments) {
-		err = ErrTooManySegments
+// Read implements Device.Read: one readv(2) of one packet, straight into
+// bufs[0], split if it is a GSO super-packet.
+func (d *kernelDevice) Read(bufs [][]byte, sizes []int, hdrs []VirtioNetHdr, offset int) (int, error) {
+	d.rmu.Lock()
+	defer d.rmu.Unlock()
+	first := bufs[0][offset:]
+	d.iov[0].Base, d.iov[0].Len = &d.vnet[0], VirtioNetHdrLen
+	d.iov[1].Base, d.iov[1].Len = unsafe.SliceData(first), uint64(len(first))
+	d.iovcnt = 2
+	if len(d.spill) > 0 {
+		d.iov[2].Base, d.iov[2].Len = &d.spill[0], uint64(len(d.spill))
+		d.iovcnt = 3
 	}
-	return n, err
+	d.n, d.errno = 0, 0
+	err := d.raw.Read(d.readv)
+	// The buffers' memory is only borrowed for the system call.
+	d.iov = [3]unix.Iovec{}
+	if err == nil && d.errno != 0 {
+		err = d.errno
+	}
+	if err != nil {
+		if d.closed.Load() || errors.Is(err, unix.EBADFD) {
+			// Closed by us, or the device was deleted under us (ip
+			// link del).
+			return 0, fmt.Errorf("reading %s: %w", d.name, os.ErrClosed)
+		}
+		return 0, fmt.Errorf("reading %s: %w", d.name, err)
+	}
+	n := d.n - VirtioNetHdrLen
+	if n < 0 {
+		return 0, ErrDropped
+	}
+	var h VirtioNetHdr
+	h.Unmarshal(d.vnet[:])
+	if h.GSOType == VirtioNetHdrGSONone {
+		if n > len(first) {
+			return 0, ErrDropped // larger than the MTU, yet not GSO
+		}
+		sizes[0] = n
+		hdrs[0] = VirtioNetHdr{Flags: h.Flags, CsumStart: h.CsumStart, CsumOffset: h.CsumOffset}
+		return 1, nil
+	}
+	head, tail := first, d.spill[:0]
+	if n <= len(first) {
+		head = first[:n]
+	} else {
+		tail = d.spill[:n-len(first)]
+	}
+	return splitGSO(h, head, tail, bufs, sizes, hdrs, offset)
+}
+
+// readvOnce is the readv(2) that Read hands to RawConn.Read: it reads into
+// d.iov[:d.iovcnt] and leaves the byte count in d.n and the error in
+// d.errno. It returns false (wait for the poller, then retry) only while
+// there is nothing to read.
+func (d *kernelDevice) readvOnce(fd uintptr) bool {
+	for {
+		n, _, errno := unix.Syscall(unix.SYS_READV, fd, uintptr(unsafe.Pointer(&d.iov[0])), uintptr(d.iovcnt))
+		switch errno {
+		case unix.EINTR:
+			continue
+		case unix.EAGAIN:
+			return false
+		}
+		d.n, d.errno = int(n), errno
+		return true
+	}
+}
+
+// Close implements Device.Close. A Read blocked in the poller returns
+// os.ErrClosed.
+func (d *kernelDevice) Close() error {
+	d.closed.Store(true)
+	return d.Device.Close()
 }
 
 // MTU implements Device.MTU.

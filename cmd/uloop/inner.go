@@ -119,6 +119,13 @@ func (s *session) run(o runOptions, sock string, foreground bool, cmdArgs []stri
 		return exitFailed
 	}
 	s.log.Info("uloop ready", "dev", o.Dev, "mtu", o.MTU, "prefix", rcfg.Prefix, "socket", sock, "setup", time.Since(start))
+	if o.watchdog > 0 {
+		// Before the capabilities go: it needs CAP_NET_RAW and
+		// CAP_NET_ADMIN, passed down as ambient ones without root.
+		if err := startWatchdog(o); err != nil {
+			s.log.Warn("running without a watchdog: a stopped uloop will hang loopback", "err", err)
+		}
+	}
 
 	// CMD gets its capabilities from its user ID alone: none without
 	// root, whatever this process holds (CAP_NET_ADMIN, ambient).
@@ -129,7 +136,9 @@ func (s *session) run(o runOptions, sock string, foreground bool, cmdArgs []stri
 	// A signal that came during setup: CMD never starts.
 	select {
 	case sig := <-sigc:
-		if sig != syscall.SIGCHLD {
+		// SIGCONT: the shell resuming uloop run after a Ctrl-Z during
+		// setup; nothing to end.
+		if sig != syscall.SIGCHLD && sig != syscall.SIGCONT {
 			return 128 + int(sig.(syscall.Signal))
 		}
 	default:
@@ -153,18 +162,36 @@ func (s *session) run(o runOptions, sock string, foreground bool, cmdArgs []stri
 		return exitCannotExec
 	}
 	s.cmdPid = cmd.Process.Pid
+	if foreground {
+		// Only now, so that CMD does not inherit it: giving the terminal
+		// back to CMD after a Ctrl-Z (below) is done from a background
+		// process group.
+		signal.Ignore(syscall.SIGTTOU)
+	}
 	// cmd.Wait is never called: reap below takes every child, CMD
 	// included (cmd has no copying goroutines: its files are *os.File).
 	for {
 		sig := <-sigc
 		switch {
 		case sig == syscall.SIGCHLD:
-			if ws, ok := s.reap(); ok {
+			ws, ok := s.reap()
+			if ok && ws.Stopped() {
+				if foreground {
+					s.suspend(outer)
+				}
+				continue
+			}
+			if ok {
 				if ws.Signaled() {
 					return 128 + int(ws.Signal())
 				}
 				return ws.ExitStatus()
 			}
+		case sig == syscall.SIGCONT:
+			if foreground {
+				s.resume(outer)
+			}
+			unix.Kill(-s.cmdPid, syscall.SIGCONT)
 		case sig == syscall.SIGTERM && os.Getppid() != outer:
 			// The parent-death signal: uloop run is gone (killed), so
 			// nobody waits for CMD's status. End it all.
@@ -176,21 +203,41 @@ func (s *session) run(o runOptions, sock string, foreground bool, cmdArgs []stri
 	}
 }
 
+// Job control, for a CMD in the terminal's foreground: when Ctrl-Z (or any
+// stop signal) stops CMD, suspend stops `uloop run` too, so that the user's
+// shell sees its job stopped and takes the terminal back; when the shell
+// resumes the job (fg: the terminal given to uloop run's group, then
+// SIGCONT, which uloop run passes here), resume hands the terminal on to
+// CMD's group before CMD continues. After bg the terminal stays the shell's.
+func (s *session) suspend(outer int) {
+	unix.Kill(outer, syscall.SIGSTOP)
+}
+
+func (s *session) resume(outer int) {
+	fg, err := unix.IoctlGetInt(0, unix.TIOCGPGRP)
+	if err != nil {
+		return
+	}
+	if outerGroup, err := unix.Getpgid(outer); err == nil && fg == outerGroup {
+		unix.IoctlSetPointerInt(0, unix.TIOCSPGRP, s.cmdPid)
+	}
+}
+
 // reap reaps every child that has exited, and returns CMD's status if CMD
-// was one of them.
+// was one of them, or if CMD was stopped (ws.Stopped()) and nothing ended.
 func (s *session) reap() (syscall.WaitStatus, bool) {
 	var cmdStatus syscall.WaitStatus
 	found := false
 	for {
 		var ws syscall.WaitStatus
-		pid, err := syscall.Wait4(-1, &ws, syscall.WNOHANG, nil)
+		pid, err := syscall.Wait4(-1, &ws, syscall.WNOHANG|syscall.WUNTRACED, nil)
 		if errors.Is(err, syscall.EINTR) {
 			continue
 		}
 		if err != nil || pid <= 0 {
 			return cmdStatus, found
 		}
-		if pid == s.cmdPid {
+		if pid == s.cmdPid && !(found && !cmdStatus.Stopped()) {
 			cmdStatus, found = ws, true
 		}
 	}

@@ -29,6 +29,10 @@ const (
 // as, inside the new namespaces (see run.go).
 const innerCommand = "run-inner"
 
+// watchdogCommand is the hidden subcommand the inner process starts to
+// supervise its data path (see watchdog.go).
+const watchdogCommand = "run-watchdog"
+
 const usage = `usage:
   uloop run [flags] [--] CMD [ARGS...]   run CMD with a private loopback carried by uloop
   uloop status [flags]                   show running uloop sessions: counters and flows
@@ -47,6 +51,8 @@ func main() {
 		os.Exit(runMain(args))
 	case innerCommand:
 		os.Exit(innerMain(args))
+	case watchdogCommand:
+		os.Exit(watchdogMain(args))
 	case "status":
 		os.Exit(statusMain(args))
 	case "impair":

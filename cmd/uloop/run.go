@@ -2,13 +2,17 @@
 
 package main
 
-// `uloop run` is three processes:
+// `uloop run` is four processes:
 //
 //	uloop run (outer)   the user's process: checks what rootless needs,
 //	  |                 forwards signals, passes the exit status on
 //	  +- uloop run-inner   in a new network namespace (and, without root,
 //	       |               a new user namespace); holds the TUN device and
 //	       |               the stack, serves the status socket
+//	       +- uloop run-watchdog   probes the data path every second and,
+//	       |                       if it stops answering, hands 127/8 back
+//	       |                       to lo (a process of its own, so that it
+//	       |                       goes on when run-inner is stopped)
 //	       +- CMD          started once the loopback answers, in a process
 //	                       group of its own, in the terminal's foreground
 //
@@ -30,6 +34,7 @@ import (
 	"os/signal"
 	"strconv"
 	"syscall"
+	"time"
 
 	"github.com/uloop/uloop/internal/loopback"
 	"golang.org/x/sys/unix"
@@ -40,6 +45,7 @@ type runOptions struct {
 	loopback.Options
 	root     bool
 	logLevel string
+	watchdog time.Duration
 }
 
 func runFlags(name string, o *runOptions) *flag.FlagSet {
@@ -47,6 +53,7 @@ func runFlags(name string, o *runOptions) *flag.FlagSet {
 	o.AddFlags(fs, "uloop")
 	fs.BoolVar(&o.root, "root", false, "without root: map your user to root inside the new user namespace, as unshare -r does (CMD then runs as root there, with its capabilities over the namespace)")
 	fs.StringVar(&o.logLevel, "log-level", "warn", "uloop's own log on stderr: debug, info, warn or error")
+	fs.DurationVar(&o.watchdog, "watchdog", 3*time.Second, "if the data path answers no probe for this long (uloop stopped or wedged), hand 127.0.0.0/8 back to the kernel's lo for the rest of the run; 0: never")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "usage: uloop run [flags] [--] CMD [ARGS...]\n\n"+
 			"Runs CMD in a new network namespace whose 127.0.0.0/8 is carried by uloop\n"+
@@ -157,8 +164,9 @@ func runMain(args []string) int {
 	return exitStatus(inner.ProcessState, err)
 }
 
-// forwarded are the signals passed on to CMD.
-var forwarded = []os.Signal{syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT}
+// forwarded are the signals passed on to CMD. SIGCONT is how the shell
+// resumes a job stopped with Ctrl-Z (see session.resume).
+var forwarded = []os.Signal{syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT, syscall.SIGCONT}
 
 // exitStatus is a waited-for process's status as a shell gives it: the exit
 // code, or 128+N if signal N ended it.
@@ -176,8 +184,9 @@ func exitStatus(st *os.ProcessState, err error) int {
 // userNamespace makes the inner process start in a new user namespace that
 // maps the invoking user and group to themselves (or to root with asRoot),
 // as `unshare -n --map-current-user` (`-r`) does. Mapped to themselves, the
-// inner process would lose every capability at exec; CAP_NET_ADMIN is kept
-// as an ambient capability, and cleared again before CMD runs.
+// inner process would lose every capability at exec; CAP_NET_ADMIN (for the
+// TUN device and routing) and CAP_NET_RAW (for the watchdog's ICMP socket)
+// are kept as ambient capabilities, and cleared again before CMD runs.
 func userNamespace(a *syscall.SysProcAttr, asRoot bool) {
 	uid, gid := os.Getuid(), os.Getgid()
 	insideUID, insideGID := uid, gid
@@ -189,6 +198,6 @@ func userNamespace(a *syscall.SysProcAttr, asRoot bool) {
 	a.GidMappings = []syscall.SysProcIDMap{{ContainerID: insideGID, HostID: gid, Size: 1}}
 	a.GidMappingsEnableSetgroups = false // an unprivileged user may map a group only so
 	if !asRoot {
-		a.AmbientCaps = []uintptr{unix.CAP_NET_ADMIN}
+		a.AmbientCaps = []uintptr{unix.CAP_NET_ADMIN, unix.CAP_NET_RAW}
 	}
 }

@@ -111,14 +111,15 @@ func run(t *testing.T, cmd *exec.Cmd) (string, int) {
 // started is a `uloop run` running in the background whose CMD has said
 // "ready" on stdout.
 type started struct {
-	cmd  *exec.Cmd
-	out  *netns.Output
-	done chan error
+	cmd    *exec.Cmd
+	out    *netns.Output
+	stderr *netns.Output
+	done   chan error
 }
 
 func start(t *testing.T, cmd *exec.Cmd) *started {
 	t.Helper()
-	s := &started{cmd: cmd, out: &netns.Output{}, done: make(chan error, 1)}
+	s := &started{cmd: cmd, out: &netns.Output{}, stderr: &netns.Output{}, done: make(chan error, 1)}
 	ready := make(chan struct{})
 	var once sync.Once
 	s.out.OnLine = func(line string) {
@@ -126,8 +127,7 @@ func start(t *testing.T, cmd *exec.Cmd) *started {
 			once.Do(func() { close(ready) })
 		}
 	}
-	var stderr netns.Output
-	cmd.Stdout, cmd.Stderr = s.out, &stderr
+	cmd.Stdout, cmd.Stderr = s.out, s.stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -135,8 +135,8 @@ func start(t *testing.T, cmd *exec.Cmd) *started {
 	t.Cleanup(func() {
 		unix.Kill(-cmd.Process.Pid, unix.SIGKILL)
 		<-s.done
-		if stderr.String() != "" {
-			t.Logf("%s: stderr:\n%s", strings.Join(cmd.Args, " "), stderr.String())
+		if s.stderr.String() != "" {
+			t.Logf("%s: stderr:\n%s", strings.Join(cmd.Args, " "), s.stderr.String())
 		}
 	})
 	select {

@@ -10,7 +10,8 @@
 //	uloopd --cleanup                   # remove what a killed uloopd left
 //
 // It logs a line containing "ready" once the data path answers (and sends
-// READY=1 to systemd when NOTIFY_SOCKET is set), and on SIGINT or SIGTERM
+// READY=1 to systemd when NOTIFY_SOCKET is set, then WATCHDOG=1 while the
+// data path answers if the unit has WatchdogSec=), and on SIGINT or SIGTERM
 // undoes every change it made.
 package main
 
@@ -126,9 +127,8 @@ func serve(o options, rcfg route.Config, log *slog.Logger) (err error) {
 		return fmt.Errorf("dropping capabilities: %w", err)
 	}
 	log.Info("uloopd ready", "dev", o.Dev, "mtu", o.MTU, "prefix", rcfg.Prefix, "udp_timeout", o.UDPTimeout, "procs", runtime.GOMAXPROCS(0))
-	if err := notifySystemd("READY=1"); err != nil {
-		log.Warn("telling systemd we are ready", "err", err)
-	}
+	notifyReady(log)
+	go superviseForSystemd(ctx, lb, log)
 
 	select {
 	case <-ctx.Done():

@@ -133,7 +133,7 @@ func Up(o Options, rcfg route.Config, log *slog.Logger) (*Loopback, error) {
 		return nil, err
 	}
 	l := &Loopback{Stack: st, Route: rcfg, takeover: takeover}
-	if err := probe(rcfg.Source(), metrics); err != nil {
+	if err := probe(rcfg.Source(), metrics, 5*time.Second); err != nil {
 		return nil, errors.Join(fmt.Errorf("data path does not answer: %w", err), l.Close())
 	}
 	// Only now: a rule may well blackhole the probe's address.

@@ -40,6 +40,7 @@ func newCollector(m *stack.Metrics, drops func() map[string]uint64) *collector {
 	counter("uloop_tun_rx_bytes_total", "Bytes read from the TUN device.", func(m *stack.Metrics) uint64 { return m.TUNRxBytes.Load() })
 	counter("uloop_tun_tx_packets_total", "Packets written to the TUN device.", func(m *stack.Metrics) uint64 { return m.TUNTxPackets.Load() })
 	counter("uloop_tun_tx_bytes_total", "Bytes written to the TUN device.", func(m *stack.Metrics) uint64 { return m.TUNTxBytes.Load() })
+	counter("uloop_tun_rx_checksum_trusted_total", "Packets read from the TUN device whose checksums the kernel vouched for (built by a local socket, or verified): not checksummed again.", func(m *stack.Metrics) uint64 { return m.TUNRxChecksumTrusted.Load() })
 	counter("uloop_tun_write_errors_total", "Writes to the TUN device that failed.", func(m *stack.Metrics) uint64 { return m.TUNWriteErrors.Load() })
 	counter("uloop_tcp_connections_total", "TCP connections relayed.", func(m *stack.Metrics) uint64 { return m.TCPConnections.Load() })
 	gauge("uloop_tcp_connections_active", "TCP connections being relayed now.", func(m *stack.Metrics) int64 { return m.TCPConnectionsActive.Load() })

@@ -18,7 +18,7 @@ import (
 // through the TUN) and checks that the stack relayed the connection, so
 // "ready" means packets cross the TUN, the stack and the relay, not merely
 // that setup calls returned.
-func probe(addr netip.Addr, m *stack.Metrics) error {
+func probe(addr netip.Addr, m *stack.Metrics, timeout time.Duration) error {
 	ln, err := net.Listen("tcp4", netip.AddrPortFrom(addr, 0).String())
 	if err != nil {
 		return fmt.Errorf("probe listener: %w", err)
@@ -34,12 +34,12 @@ func probe(addr netip.Addr, m *stack.Metrics) error {
 		}
 		accepted <- err
 	}()
-	c, err := net.DialTimeout("tcp4", ln.Addr().String(), 5*time.Second)
+	c, err := net.DialTimeout("tcp4", ln.Addr().String(), timeout)
 	if err != nil {
 		return fmt.Errorf("probe connect: %w", err)
 	}
 	defer c.Close()
-	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	c.SetReadDeadline(time.Now().Add(timeout))
 	var b [1]byte
 	if _, err := c.Read(b[:]); err != nil {
 		return fmt.Errorf("probe read: %w", err)

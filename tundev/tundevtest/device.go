@@ -17,13 +17,13 @@ import (
 type Device struct {
 	mtu     int
 	batch   int
-	in      chan []byte
+	in      chan packet
 	deliver func(pkt []byte)
 
 	mu sync.Mutex
 	// next is a packet taken from in that did not fit the batch buffer
 	// it came to; the next Read returns it first.
-	next []byte
+	next *packet
 
 	closeOnce sync.Once
 	closed    chan struct{}
@@ -31,17 +31,29 @@ type Device struct {
 
 var _ tundev.Device = (*Device)(nil)
 
+// packet is an injected packet and what Read reports about it.
+type packet struct {
+	hdr  tundev.VirtioNetHdr
+	data []byte
+}
+
 // New returns a device with the given MTU and batch size. deliver receives
 // every packet written to the device, in a buffer of its own; it may be called from
 // several goroutines at once.
 func New(mtu, batch int, deliver func(pkt []byte)) *Device {
-	return &Device{mtu: mtu, batch: batch, in: make(chan []byte, 1024), deliver: deliver, closed: make(chan struct{})}
+	return &Device{mtu: mtu, batch: batch, in: make(chan packet, 1024), deliver: deliver, closed: make(chan struct{})}
 }
 
-// Inject queues a copy of pkt to be returned by Read. It drops the packet if
-// the device is closed.
-func (d *Device) Inject(pkt []byte) {
-	p := append([]byte(nil), pkt...)
+// Inject queues a copy of pkt to be returned by Read with a zero virtio-net
+// header: a packet whose checksums nobody has verified, as one written by a
+// raw socket. It drops the packet if the device is closed.
+func (d *Device) Inject(pkt []byte) { d.InjectWith(tundev.VirtioNetHdr{}, pkt) }
+
+// InjectWith is Inject with the virtio-net header Read reports for the
+// packet, say NEEDS_CSUM with a partial checksum, as the kernel hands over a
+// packet it built itself. The header must not be a GSO one.
+func (d *Device) InjectWith(hdr tundev.VirtioNetHdr, pkt []byte) {
+	p := packet{hdr: hdr, data: append([]byte(nil), pkt...)}
 	select {
 	case d.in <- p:
 	case <-d.closed:
@@ -50,22 +62,26 @@ func (d *Device) Inject(pkt []byte) {
 
 // Read implements tundev.Device.Read: it blocks for one packet, then takes
 // whatever else is queued, up to len(bufs).
-func (d *Device) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
+func (d *Device) Read(bufs [][]byte, sizes []int, hdrs []tundev.VirtioNetHdr, offset int) (int, error) {
 	d.mu.Lock()
-	p := d.next
+	next := d.next
 	d.next = nil
 	d.mu.Unlock()
-	if p == nil {
+	var p packet
+	if next != nil {
+		p = *next
+	} else {
 		select {
 		case p = <-d.in:
 		case <-d.closed:
 			return 0, os.ErrClosed
 		}
 	}
-	if len(p) > len(bufs[0])-offset {
-		return 0, fmt.Errorf("tundevtest: %d-byte packet does not fit a %d-byte buffer", len(p), len(bufs[0])-offset)
+	if len(p.data) > len(bufs[0])-offset {
+		return 0, fmt.Errorf("tundevtest: %d-byte packet does not fit a %d-byte buffer", len(p.data), len(bufs[0])-offset)
 	}
-	sizes[0] = copy(bufs[0][offset:], p)
+	sizes[0] = copy(bufs[0][offset:], p.data)
+	hdrs[0] = p.hdr
 	for n := 1; n < len(bufs); n++ {
 		// The next packet waits for the next Read if it does not fit
 		// this buffer: the batch's later buffers are smaller
@@ -74,11 +90,12 @@ func (d *Device) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 		d.mu.Lock()
 		if d.next == nil {
 			select {
-			case d.next = <-d.in:
+			case p := <-d.in:
+				d.next = &p
 			default:
 			}
 		}
-		p, fits := d.next, d.next != nil && len(d.next) <= len(bufs[n])-offset
+		p, fits := d.next, d.next != nil && len(d.next.data) <= len(bufs[n])-offset
 		if fits {
 			d.next = nil
 		}
@@ -86,7 +103,8 @@ func (d *Device) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 		if !fits {
 			return n, nil
 		}
-		sizes[n] = copy(bufs[n][offset:], p)
+		sizes[n] = copy(bufs[n][offset:], p.data)
+		hdrs[n] = p.hdr
 	}
 	return len(bufs), nil
 }
