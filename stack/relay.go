@@ -84,7 +84,7 @@ func (s *flowStats) count(a, src conn, n int) {
 	if src == a {
 		dir = 0
 	}
-	s.bytes[dir].Add(uint64(n))
+	s.bytes[dir].Add(uint64(n)) // n < 0 takes back, in two's complement
 }
 
 func (s *flowStats) info(proto string, client, server tcpip.FullAddress) Flow {
@@ -423,6 +423,7 @@ func (r *relay) startTCPPump(f *tcpFlow, src, dst conn, done func()) {
 			f.stats.count(f.a, src, n)
 			if rules := r.cfg.Impair.Active(); rules != nil {
 				if keep, rule := f.resetAfterBytes(rules, src, n); rule != nil {
+					f.stats.count(f.a, src, keep-n) // what is not relayed is not counted
 					writeAll(dst, (*bp)[:keep], &rd, writable)
 					r.bufs.Put(bp)
 					r.resetFlow(f, rule, resetSettle)
