@@ -8,6 +8,7 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"github.com/uloop/uloop/impair"
 	"github.com/uloop/uloop/tundev"
 	"gvisor.dev/gvisor/pkg/buffer"
 	"gvisor.dev/gvisor/pkg/tcpip"
@@ -44,6 +45,10 @@ type linkEndpoint struct {
 	// rxTrusted is whether the packet the reader is delivering has
 	// checksums the kernel vouched for (see Capabilities).
 	rxTrusted atomic.Bool
+	// impair holds the impairment rules (nil: none ever), line the
+	// packets they delay (see impairInbound).
+	impair *impair.Table
+	line   *impair.Line
 
 	// done is closed when the reader goroutine exits.
 	done chan struct{}
@@ -75,6 +80,7 @@ var (
 func newLinkEndpoint(dev tundev.Device, m *Metrics) *linkEndpoint {
 	e := &linkEndpoint{dev: dev, mtu: uint32(dev.MTU()), metrics: m, gso: true, done: make(chan struct{})}
 	e.acks = newACKHolder(e.write, m)
+	e.line = impair.NewLine(maxDelayedBytes)
 	return e
 }
 
@@ -201,6 +207,7 @@ func (e *linkEndpoint) Close() {
 	e.closed = true
 	e.mu.Unlock()
 	e.acks.stop()
+	e.line.Close()
 	e.dev.Close()
 }
 
@@ -289,6 +296,9 @@ func (e *linkEndpoint) deliver(d stack.NetworkDispatcher, v *buffer.View, h tund
 	}
 	switch classify(pkt) {
 	case toStack:
+		if rules := e.impair.Active(); rules != nil && e.impairInbound(d, v, h, rules) {
+			return
+		}
 		pb := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: splitHeaders(v)})
 		e.rxTrusted.Store(trusted)
 		d.DeliverNetworkPacket(proto, pb)
@@ -457,7 +467,12 @@ func (e *linkEndpoint) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Err
 // writePackets writes pkts, each with the virtio-net header hdr gives it.
 func (e *linkEndpoint) writePackets(pkts stack.PacketBufferList, hdr func(*stack.PacketBuffer) tundev.VirtioNetHdr) (int, tcpip.Error) {
 	n := 0
+	rules := e.impair.Active()
 	for _, pkt := range pkts.AsSlice() {
+		if rules != nil && e.impairOutbound(pkt, rules) {
+			n++
+			continue
+		}
 		if err := e.acks.send(hdr(pkt), pkt.AsSlices()); err != nil {
 			if errors.Is(err, os.ErrClosed) {
 				if n == 0 {

@@ -84,7 +84,7 @@ func (s *flowStats) count(a, src conn, n int) {
 	if src == a {
 		dir = 0
 	}
-	s.bytes[dir].Add(uint64(n))
+	s.bytes[dir].Add(uint64(n)) // n < 0 takes back, in two's complement
 }
 
 func (s *flowStats) info(proto string, client, server tcpip.FullAddress) Flow {
@@ -100,6 +100,9 @@ func (s *flowStats) info(proto string, client, server tcpip.FullAddress) Flow {
 func newRelay(gv *stack.Stack, cfg Config) *relay {
 	r := &relay{gv: gv, cfg: cfg, metrics: cfg.Metrics, log: cfg.Logger, flows: make(map[flow]struct{}), closing: make(chan struct{})}
 	r.bufs.New = func() any { b := make([]byte, relayBufferSize); return &b }
+	if cfg.Impair != nil {
+		cfg.Impair.Watch(r.rearmResets)
+	}
 	return r
 }
 
@@ -251,6 +254,8 @@ type tcpFlow struct {
 	a, b           conn // a faces the client, b the server
 	client, server tcpip.FullAddress
 	stats          flowStats
+	// reset is set once an impairment rule has reset the flow.
+	reset atomic.Bool
 }
 
 func (f *tcpFlow) info() Flow {
@@ -317,6 +322,9 @@ func (r *relay) handleTCP(req *tcp.ForwarderRequest) {
 		return
 	}
 	admitted = false // released by done
+	if rules := r.cfg.Impair.Active(); rules != nil {
+		r.armReset(f, rules)
+	}
 	r.metrics.TCPConnections.Add(1)
 	r.metrics.TCPConnectionsActive.Add(1)
 	r.wg.Add(2)
@@ -414,6 +422,15 @@ func (r *relay) startTCPPump(f *tcpFlow, src, dst conn, done func()) {
 				return true
 			}
 			f.stats.count(f.a, src, n)
+			if rules := r.cfg.Impair.Active(); rules != nil {
+				if keep, rule := f.resetAfterBytes(rules, src, n); rule != nil {
+					f.stats.count(f.a, src, keep-n) // what is not relayed is not counted
+					writeAll(dst, (*bp)[:keep], &rd, writable)
+					r.bufs.Put(bp)
+					r.resetFlow(f, rule, resetSettle)
+					return true
+				}
+			}
 			ok := writeAll(dst, (*bp)[:n], &rd, writable)
 			r.bufs.Put(bp)
 			if !ok {

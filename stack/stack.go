@@ -13,6 +13,7 @@ import (
 	"net/netip"
 	"time"
 
+	"github.com/uloop/uloop/impair"
 	"github.com/uloop/uloop/tundev"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
@@ -78,6 +79,9 @@ type Config struct {
 	// socket hooks steer ::1 into); the zero Prefix means none, and IPv6
 	// packets read from the device are dropped.
 	IPv6 netip.Prefix
+	// Impair holds the impairment rules, which may change while the stack
+	// runs; nil: New makes an empty table (see Stack.Impair).
+	Impair *impair.Table
 
 	// dialTimeout bounds how long a relayed TCP connect waits for the
 	// kernel's listener to answer before the client gets a RST. Zero means
@@ -124,6 +128,9 @@ func New(cfg Config) (*Stack, error) {
 	if cfg.MaxFlows == 0 {
 		cfg.MaxFlows = DefaultMaxFlows
 	}
+	if cfg.Impair == nil {
+		cfg.Impair = new(impair.Table)
+	}
 
 	gv := stack.New(stack.Options{
 		NetworkProtocols: []stack.NetworkProtocolFactory{
@@ -154,6 +161,7 @@ func New(cfg Config) (*Stack, error) {
 
 	s.link = newLinkEndpoint(cfg.Device, cfg.Metrics)
 	s.link.gso = !cfg.DisableGSO
+	s.link.impair = cfg.Impair
 	if err := gv.CreateNICWithOptions(tunNIC, s.link, stack.NICOptions{Name: cfg.Device.Name()}); err != nil {
 		return fail("creating TUN NIC", err)
 	}
@@ -237,6 +245,10 @@ func setTCPOptions(gv *stack.Stack) tcpip.Error {
 // Metrics returns the stack's counters.
 func (s *Stack) Metrics() *Metrics { return s.metrics }
 
+// Impair returns the impairment rules the stack applies; changes to them
+// act on running flows at their next packet.
+func (s *Stack) Impair() *impair.Table { return s.link.impair }
+
 // Flow is a relayed TCP connection or UDP flow.
 type Flow struct {
 	Proto          string // "tcp" or "udp"
@@ -286,6 +298,8 @@ func (s *Stack) Err() error { return s.link.Err() }
 // the stack's goroutines.
 func (s *Stack) Close() {
 	s.relay.close()
+	// Packets still delayed would reach a closing stack: drop them.
+	s.link.line.Close()
 	s.gv.Close()
 	s.link.Close()
 	// The reader may be delivering a packet it read before the device

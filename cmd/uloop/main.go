@@ -5,6 +5,7 @@
 //
 //	uloop run [flags] [--] CMD [ARGS...]   # CMD in a network namespace of its own whose 127.0.0.0/8 is uloop's
 //	uloop status [--json] [--netns NAME]   # counters and flows of running sessions (and uloopd instances)
+//	uloop impair list|add RULE|del ID      # change a running uloop's impairments
 //
 // `uloop run` needs no root where the system allows unprivileged user
 // namespaces and /dev/net/tun is open to the user; see docs/usage.md.
@@ -35,8 +36,9 @@ const watchdogCommand = "run-watchdog"
 const usage = `usage:
   uloop run [flags] [--] CMD [ARGS...]   run CMD with a private loopback carried by uloop
   uloop status [flags]                   show running uloop sessions: counters and flows
+  uloop impair [flags] list|add|del      show or change a running uloop's impairments
 
-"uloop run -h" and "uloop status -h" list the flags.
+"uloop run -h", "uloop status -h" and "uloop impair -h" list the flags.
 `
 
 func main() {
@@ -53,6 +55,8 @@ func main() {
 		os.Exit(watchdogMain(args))
 	case "status":
 		os.Exit(statusMain(args))
+	case "impair":
+		os.Exit(impairMain(args))
 	case "-h", "-help", "--help", "help":
 		fmt.Print(usage)
 	default:

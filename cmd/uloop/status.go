@@ -35,7 +35,9 @@ type status struct {
 	// that counted any).
 	Drops map[string]float64 `json:"drops,omitempty"`
 	Flows []control.Flow     `json:"flows"`
-	Error string             `json:"error,omitempty"`
+	// Impairments are the impairment rules in force and their counters.
+	Impairments []control.Impairment `json:"impairments,omitempty"`
+	Error       string               `json:"error,omitempty"`
 }
 
 const statusTimeout = 2 * time.Second
@@ -166,6 +168,12 @@ func (st *status) read(ctx context.Context, c *control.Client) {
 			err = nil // a uloopd from before /flows: counters only
 		}
 	}
+	if err == nil {
+		st.Impairments, err = c.Impairments(ctx)
+		if err != nil && strings.Contains(err.Error(), "404 Not Found") {
+			err = nil // a uloop from before impairments
+		}
+	}
 	if err != nil {
 		st.Error = err.Error()
 		return
@@ -226,6 +234,10 @@ func printStatus(w io.Writer, found []status) {
 			drops = append(drops, fmt.Sprintf("%s %d", reason, int64(st.Drops[reason])))
 		}
 		fmt.Fprintf(w, "  drops   %s\n", strings.Join(drops, ", "))
+		if len(st.Impairments) > 0 {
+			fmt.Fprintln(w, "  impairments")
+			printImpairments(w, "  ", st.Impairments)
+		}
 		if len(st.Flows) == 0 {
 			fmt.Fprintln(w, "  no flows")
 			continue

@@ -21,15 +21,17 @@ import (
 )
 
 // Serve serves the control HTTP on ln until ln is closed: /metrics, /flows
-// (control.Flow, a JSON array, sorted by protocol, server, client) and
-// /debug/pprof/. Besides the data path's counters, /metrics has the Go
-// runtime's (go_goroutines, heap) and the process's
-// (process_resident_memory_bytes, open fds), which leak tests watch. Who may
+// (control.Flow, a JSON array, sorted by protocol, server, client),
+// /impair (the impairment rules: GET lists, POST adds, DELETE /impair/ID
+// deletes) and /debug/pprof/. Besides the data path's counters, /metrics
+// has the rules' (uloop_impair_*), the Go runtime's (go_goroutines, heap)
+// and the process's (process_resident_memory_bytes, open fds), which leak
+// tests watch. Who may
 // connect is ln's business (uloopd checks credentials; `uloop run` relies on
 // its socket's directory).
 func Serve(ln net.Listener, st *stack.Stack, log *slog.Logger) {
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(newCollector(st.Metrics(), st.Drops),
+	reg.MustRegister(newCollector(st.Metrics(), st.Drops), newImpairCollector(st.Impair()),
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	mux := http.NewServeMux()
@@ -38,6 +40,7 @@ func Serve(ln net.Listener, st *stack.Stack, log *slog.Logger) {
 		w.Header().Set("Content-Type", "application/json")
 		json.NewEncoder(w).Encode(flows(st))
 	})
+	impairHandlers(mux, st.Impair())
 	mux.HandleFunc("/debug/pprof/", pprof.Index)
 	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)

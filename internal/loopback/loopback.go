@@ -18,6 +18,7 @@ import (
 	"runtime"
 	"time"
 
+	"github.com/uloop/uloop/impair"
 	"github.com/uloop/uloop/route"
 	"github.com/uloop/uloop/sockhook"
 	"github.com/uloop/uloop/stack"
@@ -35,6 +36,9 @@ type Options struct {
 	Offload    bool
 	Procs      int
 	IPv6       bool
+	// Impair are the impairment rules to start with (--impair, repeatable;
+	// see the impair package for the syntax).
+	Impair []string
 }
 
 // AddFlags registers the shared flags on fs, with their defaults, into o.
@@ -47,6 +51,13 @@ func (o *Options) AddFlags(fs *flag.FlagSet, what string) {
 	fs.IntVar(&o.MaxFlows, "max-flows", stack.DefaultMaxFlows, "TCP connections and UDP flows relayed at once; past it new ones are refused at once")
 	fs.BoolVar(&o.Offload, "offload", true, "use TUN offloads (TSO, checksum offload, GSO writes)")
 	fs.BoolVar(&o.IPv6, "ipv6", true, "carry ::1 too, with eBPF socket hooks (needs root: CAP_BPF and CAP_NET_ADMIN); false keeps ::1 on the kernel's lo")
+	fs.Func("impair", "impair chosen ports, e.g. 'tcp:5432 delay=80ms jitter=5ms loss=1%' (repeatable; see docs/usage.md)", func(s string) error {
+		if _, err := impair.Parse(s); err != nil {
+			return err
+		}
+		o.Impair = append(o.Impair, s)
+		return nil
+	})
 	fs.IntVar(&o.Procs, "procs", 0, "CPUs "+what+" runs Go code on at once (GOMAXPROCS); 0: half the CPUs, at least 1, unless GOMAXPROCS is set")
 }
 
@@ -116,7 +127,9 @@ func Up(o Options, rcfg route.Config, log *slog.Logger) (*Loopback, error) {
 		return nil, err
 	}
 	metrics := new(stack.Metrics)
+	rules := new(impair.Table)
 	st, err := stack.New(stack.Config{
+		Impair:         rules,
 		Device:         dev,
 		Metrics:        metrics,
 		Logger:         log,
@@ -148,6 +161,14 @@ func Up(o Options, rcfg route.Config, log *slog.Logger) (*Loopback, error) {
 		if err := probe6(metrics); err != nil {
 			return nil, errors.Join(fmt.Errorf("::1 data path does not answer: %w", err), l.Close())
 		}
+	}
+	// Only now: a rule may well blackhole the probe's address.
+	for _, spec := range o.Impair {
+		r, err := rules.Add(spec)
+		if err != nil {
+			return nil, errors.Join(err, l.Close())
+		}
+		log.Info("impairment", "id", r.ID, "rule", r.Spec)
 	}
 	return l, nil
 }
