@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"strconv"
 	"syscall"
 	"time"
 
@@ -26,7 +27,7 @@ import (
 // like any child, and is killed with everything else at the end.
 func startWatchdog(o runOptions, ipv6Switch *os.File) error {
 	w := exec.Command("/proc/self/exe", watchdogCommand,
-		"--dev", o.Dev, "--prefix", o.Prefix, "--after", o.watchdog.String())
+		"--dev", o.Dev, "--prefix", o.Prefix, "--after", o.watchdog.String(), "--parent", strconv.Itoa(os.Getpid()))
 	w.Args[0] = os.Args[0]
 	if ipv6Switch != nil {
 		// The socket hooks' switch: the hooks belong to the inner
@@ -52,10 +53,22 @@ func startWatchdog(o runOptions, ipv6Switch *os.File) error {
 // namespace. When its parent exits, the watchdog kills every process left
 // in the namespace, as the inner process does when CMD exits, and exits.
 func watchdogMain(args []string) int {
-	parent := os.Getppid()
+	fs := flag.NewFlagSet(watchdogCommand, flag.ContinueOnError)
+	var o loopback.Options
+	o.AddFlags(fs, "uloop")
+	after := fs.Duration("after", 3*time.Second, "hand loopback back after this long without an answer")
+	switchFD := fs.Int("ipv6-switch-fd", -1, "descriptor of the socket hooks' hand-back switch, if ::1 is carried")
+	parent := fs.Int("parent", 0, "PID of the inner process that started the watchdog")
+	if err := fs.Parse(args); err != nil {
+		return exitFailed
+	}
+
+	// The inner process's PID comes as a flag: it may be killed before
+	// this process gets here, and os.Getppid() would then name whoever
+	// adopted it.
 	parentGone := make(chan struct{})
 	go func() {
-		if waitExit(parent) == nil {
+		if *parent > 0 && waitExit(*parent) == nil {
 			close(parentGone)
 		}
 	}()
@@ -69,15 +82,6 @@ func watchdogMain(args []string) int {
 		default:
 		}
 	}()
-
-	fs := flag.NewFlagSet(watchdogCommand, flag.ContinueOnError)
-	var o loopback.Options
-	o.AddFlags(fs, "uloop")
-	after := fs.Duration("after", 3*time.Second, "hand loopback back after this long without an answer")
-	switchFD := fs.Int("ipv6-switch-fd", -1, "descriptor of the socket hooks' hand-back switch, if ::1 is carried")
-	if err := fs.Parse(args); err != nil {
-		return exitFailed
-	}
 	rcfg, err := o.Route()
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "uloop run: watchdog: %v\n", err)
