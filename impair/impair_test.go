@@ -1,6 +1,7 @@
 package impair
 
 import (
+	"encoding/binary"
 	"math"
 	"net/netip"
 	"slices"
@@ -369,5 +370,51 @@ func TestLineLimitAndClose(t *testing.T) {
 	}
 	if l.Schedule(0, 0, 1, func() {}, func() {}) {
 		t.Error("Schedule after Close")
+	}
+}
+
+// TestParsePacketIPv6: a TCP or UDP segment over IPv6 (::1 steered into
+// the device) is matched by port as over IPv4; other IPv6 packets are not
+// taken; IPv4 still parses through ParsePacket.
+func TestParsePacketIPv6(t *testing.T) {
+	pkt6 := func(next byte, sport, dport uint16) []byte {
+		b := make([]byte, 40+20)
+		b[0] = 6 << 4
+		binary.BigEndian.PutUint16(b[4:6], 20)
+		b[6] = next
+		copy(b[8:24], netip.MustParseAddr("fd75:6c6f:6f70::1").AsSlice())
+		copy(b[24:40], netip.MustParseAddr("fd75:6c6f:6f70::2").AsSlice())
+		binary.BigEndian.PutUint16(b[40:42], sport)
+		binary.BigEndian.PutUint16(b[42:44], dport)
+		return b
+	}
+	r, err := Parse("tcp:5432 delay=10ms")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, ok := ParsePacket(pkt6(6, 40000, 5432))
+	if !ok || p.Proto != TCP || p.DstPort != 5432 || p.Dst != netip.MustParseAddr("fd75:6c6f:6f70::2") {
+		t.Fatalf("ParsePacket(TCPv6 to :5432) = %+v, %v", p, ok)
+	}
+	if _, d := Match([]*Rule{r}, &p); d != ToServer {
+		t.Errorf("tcp:5432 on a TCPv6 segment to :5432: direction %v, want to-server", d)
+	}
+	back, _ := ParsePacket(pkt6(6, 5432, 40000))
+	if _, d := Match([]*Rule{r}, &back); d != ToClient {
+		t.Errorf("tcp:5432 on a TCPv6 segment from :5432: direction %v, want to-client", d)
+	}
+	if back.FlowKey() == p.FlowKey() {
+		t.Errorf("the two directions share a flow key")
+	}
+	for _, next := range []byte{58, 44, 0} { // ICMPv6, fragment, hop-by-hop
+		if p, ok := ParsePacket(pkt6(next, 1, 5432)); ok {
+			t.Errorf("next header %d: taken as %+v, want not taken", next, p)
+		}
+	}
+	v4 := make([]byte, 40)
+	v4[0], v4[9] = 0x45, 6
+	binary.BigEndian.PutUint16(v4[22:24], 5432)
+	if p, ok := ParsePacket(v4); !ok || p.Proto != TCP || p.DstPort != 5432 {
+		t.Errorf("ParsePacket(TCPv4 to :5432) = %+v, %v", p, ok)
 	}
 }

@@ -6,7 +6,7 @@ import (
 	"time"
 )
 
-// Packet is what a rule looks at in an IPv4 packet.
+// Packet is what a rule looks at in an IPv4 or IPv6 packet.
 type Packet struct {
 	Proto            Proto // TCP, UDP or ICMP (echo only); AnyProto: other
 	Src, Dst         netip.Addr
@@ -61,15 +61,54 @@ func ParseIPv4(pkt []byte) (Packet, bool) {
 	return p, true
 }
 
+// ParsePacket reads what rules match on from an IPv4 or IPv6 packet (see
+// ParseIPv4 and ParseIPv6).
+func ParsePacket(pkt []byte) (Packet, bool) {
+	if len(pkt) > 0 && pkt[0]>>4 == 6 {
+		return ParseIPv6(pkt)
+	}
+	return ParseIPv4(pkt)
+}
+
+// ParseIPv6 reads what rules match on from an IPv6 packet: TCP and UDP
+// right after the fixed header, which is how the kernel sends them (::1
+// traffic steered into the device; see the sockhook package). Anything
+// else (extension headers, fragments, ICMPv6, which nothing steers) is
+// false: no rule acts on it.
+func ParseIPv6(pkt []byte) (Packet, bool) {
+	if len(pkt) < 40 || pkt[0]>>4 != 6 {
+		return Packet{}, false
+	}
+	p := Packet{
+		Src: netip.AddrFrom16([16]byte(pkt[8:24])),
+		Dst: netip.AddrFrom16([16]byte(pkt[24:40])),
+		Len: len(pkt),
+	}
+	switch pkt[6] {
+	case 6:
+		p.Proto = TCP
+	case 17:
+		p.Proto = UDP
+	default:
+		return Packet{}, false
+	}
+	if l4 := pkt[40:]; len(l4) >= 4 {
+		p.SrcPort = binary.BigEndian.Uint16(l4[0:2])
+		p.DstPort = binary.BigEndian.Uint16(l4[2:4])
+	}
+	return p, true
+}
+
 // FlowKey hashes the packet's addresses, ports and protocol: packets with
 // the same key keep their order through delays.
 func (p *Packet) FlowKey() uint32 {
-	s, d := p.Src.As4(), p.Dst.As4()
 	h := uint32(2166136261)
 	mix := func(b byte) { h = (h ^ uint32(b)) * 16777619 }
-	for i := range 4 {
-		mix(s[i])
-		mix(d[i])
+	for _, b := range p.Src.AsSlice() {
+		mix(b)
+	}
+	for _, b := range p.Dst.AsSlice() {
+		mix(b)
 	}
 	mix(byte(p.SrcPort >> 8))
 	mix(byte(p.SrcPort))

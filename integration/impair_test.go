@@ -98,7 +98,7 @@ func tcpRTTs(t *testing.T, e *env, addr string, count int) []time.Duration {
 // address and port see the set delay, each way (netem's meaning: the round
 // trip grows by twice the delay), above the base round trip measured in the
 // same run, while another address and port in the same run are not
-// delayed.
+// delayed. A port rule acts on the port over ::1 too.
 func TestImpairDelay(t *testing.T) {
 	uloopOnly(t, func(t *testing.T) {
 		const pingDelay, tcpDelay = 40 * time.Millisecond, 20 * time.Millisecond
@@ -123,6 +123,13 @@ func TestImpairDelay(t *testing.T) {
 		if tcpBase > tcpDelay/10 {
 			t.Errorf("tcp :7002 (no rule): median %v, want it unaffected (under %v)", tcpBase, tcpDelay/10)
 		}
+
+		// localhost is often ::1: the same port rule delays it too (a
+		// tcp6 listener on [::], which the hooks steer ::1 to).
+		slow6 := e.ns.listen(t, "tcp6", "[::]:7001")
+		tcpEcho(t, slow6)
+		tcpSlow6 := median(tcpRTTs(t, e, "[::1]:7001", 20))
+		requireWithin(t, "tcp [::1]:7001 request/response: median above the base "+tcpBase.String(), tcpSlow6-tcpBase, 2*tcpDelay, 0.10)
 
 		rules := impairments(t, e)
 		if rules[0].Delayed < 40 || rules[1].Delayed < 40 {

@@ -37,7 +37,7 @@ const maxDelayedBytes = 64 << 20
 // took the packet (dropped, or delayed to be delivered later); false:
 // deliver it now.
 func (e *linkEndpoint) impairInbound(d stack.NetworkDispatcher, v *buffer.View, h tundev.VirtioNetHdr, rules []*impair.Rule) bool {
-	p, ok := impair.ParseIPv4(v.AsSlice())
+	p, ok := impair.ParsePacket(v.AsSlice())
 	if !ok {
 		return false
 	}
@@ -68,8 +68,12 @@ func (e *linkEndpoint) impairInbound(d stack.NetworkDispatcher, v *buffer.View, 
 // So the packet must be right whichever way gVisor takes it, checked or
 // trusted: settleChecksums made it so before it was delayed.
 func (e *linkEndpoint) deliverDelayed(d stack.NetworkDispatcher, v *buffer.View) {
+	proto := header.IPv4ProtocolNumber
+	if header.IPVersion(v.AsSlice()) == header.IPv6Version {
+		proto = header.IPv6ProtocolNumber
+	}
 	pb := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: splitHeaders(v)})
-	d.DeliverNetworkPacket(header.IPv4ProtocolNumber, pb)
+	d.DeliverNetworkPacket(proto, pb)
 	pb.DecRef()
 }
 
@@ -88,14 +92,17 @@ func settleChecksums(pkt []byte, h tundev.VirtioNetHdr) bool {
 			return false
 		}
 		sum := ^checksum.Checksum(pkt[start:], 0)
-		if sum == 0 && len(pkt) > header.IPv4MinimumSize && header.IPv4(pkt).TransportProtocol() == header.UDPProtocolNumber {
-			sum = 0xffff // 0 means "no checksum" in UDP (RFC 768)
+		if sum == 0 && isUDP(pkt) {
+			sum = 0xffff // 0 means "no checksum" in UDP (RFC 768, 8200)
 		}
 		binary.BigEndian.PutUint16(pkt[field:], sum)
 		return true
 	}
 	if h.ChecksumTrusted() {
 		return true
+	}
+	if header.IPVersion(pkt) == header.IPv6Version {
+		return validChecksum6(pkt)
 	}
 	ip := header.IPv4(pkt)
 	if !ip.IsValid(len(pkt)) || !ip.IsChecksumValid() {
@@ -116,6 +123,28 @@ func settleChecksums(pkt []byte, h tundev.VirtioNetHdr) bool {
 	default:
 		return true
 	}
+	pseudo := header.PseudoHeaderChecksum(ip.TransportProtocol(), ip.SourceAddress(), ip.DestinationAddress(), uint16(len(l4)))
+	return checksum.Checksum(l4, pseudo) == 0xffff
+}
+
+// isUDP reports whether pkt, IPv4 or IPv6 (only packets ParseIPv6 takes:
+// no extension headers), carries UDP.
+func isUDP(pkt []byte) bool {
+	if header.IPVersion(pkt) == header.IPv6Version {
+		return len(pkt) >= header.IPv6MinimumSize && header.IPv6(pkt).TransportProtocol() == header.UDPProtocolNumber
+	}
+	return len(pkt) > header.IPv4MinimumSize && header.IPv4(pkt).TransportProtocol() == header.UDPProtocolNumber
+}
+
+// validChecksum6 verifies the TCP or UDP checksum of an IPv6 packet that
+// ParseIPv6 took (transport header right after the fixed one), as gVisor
+// would; in IPv6 a UDP checksum is mandatory.
+func validChecksum6(pkt []byte) bool {
+	ip := header.IPv6(pkt)
+	if !ip.IsValid(len(pkt)) {
+		return false
+	}
+	l4 := pkt[header.IPv6MinimumSize : header.IPv6MinimumSize+int(ip.PayloadLength())]
 	pseudo := header.PseudoHeaderChecksum(ip.TransportProtocol(), ip.SourceAddress(), ip.DestinationAddress(), uint16(len(l4)))
 	return checksum.Checksum(l4, pseudo) == 0xffff
 }
