@@ -40,6 +40,9 @@ const ackHoldTime = 500 * time.Microsecond
 type ackHolder struct {
 	write   func(tundev.VirtioNetHdr, [][]byte) error
 	metrics *Metrics
+	// hold is how long an ACK is held: ackHoldTime, longer in tests that
+	// must not see the timer fire between two sends.
+	hold time.Duration
 	// n is len(flows), read without mu so that writes skip the lock when
 	// nothing is held.
 	n atomic.Int32
@@ -77,7 +80,7 @@ type heldFlow struct {
 }
 
 func newACKHolder(write func(tundev.VirtioNetHdr, [][]byte) error, m *Metrics) *ackHolder {
-	return &ackHolder{write: write, metrics: m, flows: make(map[flowID]*heldFlow)}
+	return &ackHolder{write: write, metrics: m, hold: ackHoldTime, flows: make(map[flowID]*heldFlow)}
 }
 
 // outSegment is what the holder reads from an outbound TCP segment.
@@ -191,7 +194,7 @@ func (h *ackHolder) sendACK(seg outSegment, vnet tundev.VirtioNetHdr, pkt [][]by
 	for _, v := range pkt {
 		cp = append(cp, v...)
 	}
-	h.add(seg.id, &heldFlow{deadline: time.Now().Add(ackHoldTime), ack: seg.ack, vnet: vnet, pkt: cp})
+	h.add(seg.id, &heldFlow{deadline: time.Now().Add(h.hold), ack: seg.ack, vnet: vnet, pkt: cp})
 	h.mu.Unlock()
 	return nil
 }

@@ -73,6 +73,10 @@ func TestACKHolder(t *testing.T) {
 			var rec recordedWrites
 			var m Metrics
 			h := newACKHolder(rec.write, &m)
+			// Long enough that the timer cannot fire between the two
+			// sends, however the test is scheduled (at 500 us it did,
+			// about once in 100 runs on a loaded machine).
+			h.hold = 300 * time.Millisecond
 			for _, p := range tt.send {
 				if err := h.send(tundev.VirtioNetHdr{}, p); err != nil {
 					t.Fatal(err)
@@ -92,9 +96,9 @@ func TestACKHolder(t *testing.T) {
 			}
 			// Whatever is still held goes out by itself.
 			held := len(tt.send) - len(tt.want) - int(tt.coalesced)
-			deadline := time.Now().Add(2 * time.Second)
+			deadline := time.Now().Add(h.hold + 2*time.Second)
 			for len(rec.written()) < len(tt.want)+held && time.Now().Before(deadline) {
-				time.Sleep(ackHoldTime)
+				time.Sleep(time.Millisecond)
 			}
 			if n := len(rec.written()); n != len(tt.want)+held {
 				t.Errorf("after the hold time: %d packets written, want %d", n, len(tt.want)+held)
