@@ -10,18 +10,25 @@ import (
 	"time"
 )
 
+// notifySocket listens where a test's uloopd is told NOTIFY_SOCKET is.
+func notifySocket(t *testing.T) (string, *net.UnixConn) {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "notify")
+	sock, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: path, Net: "unixgram"})
+	if err != nil {
+		t.Fatalf("notify socket: %v", err)
+	}
+	t.Cleanup(func() { sock.Close() })
+	return path, sock
+}
+
 // TestSystemdNotify: started as a Type=notify unit would start it (with
 // NOTIFY_SOCKET set), uloopd sends READY=1 once it is ready. The socket is a
 // filesystem one: unlike abstract sockets, those are reachable from any
 // network namespace, as systemd's is.
 func TestSystemdNotify(t *testing.T) {
 	requireRoot(t)
-	path := filepath.Join(t.TempDir(), "notify")
-	sock, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: path, Net: "unixgram"})
-	if err != nil {
-		t.Fatalf("notify socket: %v", err)
-	}
-	defer sock.Close()
+	path, sock := notifySocket(t)
 	ns := newNS(t)
 	d := launchDaemon(t, []string{"env", "NOTIFY_SOCKET=" + path, "ip", "netns", "exec", ns.name, uloopd(t)})
 	d.waitReady(t)
@@ -46,12 +53,7 @@ func TestSystemdNotify(t *testing.T) {
 // notify socket is.
 func TestSystemdWatchdog(t *testing.T) {
 	requireRoot(t)
-	path := filepath.Join(t.TempDir(), "notify")
-	sock, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: path, Net: "unixgram"})
-	if err != nil {
-		t.Fatalf("notify socket: %v", err)
-	}
-	defer sock.Close()
+	path, sock := notifySocket(t)
 	msgs := make(chan string, 1000)
 	go func() {
 		buf := make([]byte, 256)

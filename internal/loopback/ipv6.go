@@ -51,37 +51,13 @@ func probe6(m *stack.Metrics) error {
 		return fmt.Errorf("probe listener: %w", err)
 	}
 	defer ln.Close()
-	port := ln.Addr().(*net.TCPAddr).Port
-	before := m.TCPConnections.Load()
-	accepted := make(chan error, 1)
-	go func() {
-		c, err := ln.Accept()
-		if err == nil {
-			if r := c.RemoteAddr().(*net.TCPAddr); !r.IP.Equal(net.IPv6loopback) {
-				err = fmt.Errorf("server sees peer %v, want ::1", r)
-			}
-			c.Write([]byte{1})
-			c.Close()
+	dial := netip.AddrPortFrom(netip.IPv6Loopback(), uint16(ln.Addr().(*net.TCPAddr).Port)).String()
+	return probeThrough(ln, dial, m, 5*time.Second, func(peer net.Addr) error {
+		if r := peer.(*net.TCPAddr); !r.IP.Equal(net.IPv6loopback) {
+			return fmt.Errorf("server sees peer %v, want ::1", r)
 		}
-		accepted <- err
-	}()
-	c, err := net.DialTimeout("tcp6", netip.AddrPortFrom(netip.IPv6Loopback(), uint16(port)).String(), 5*time.Second)
-	if err != nil {
-		return fmt.Errorf("probe connect: %w", err)
-	}
-	defer c.Close()
-	c.SetReadDeadline(time.Now().Add(5 * time.Second))
-	var b [1]byte
-	if _, err := c.Read(b[:]); err != nil {
-		return fmt.Errorf("probe read: %w", err)
-	}
-	if err := <-accepted; err != nil {
-		return fmt.Errorf("probe accept: %w", err)
-	}
-	if m.TCPConnections.Load() == before {
-		return errors.New("probe connection to ::1 did not go through the stack")
-	}
-	return nil
+		return nil
+	})
 }
 
 // IPv6Switch returns a descriptor of the socket hooks' hand-back switch

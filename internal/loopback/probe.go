@@ -3,7 +3,6 @@
 package loopback
 
 import (
-	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -24,17 +23,27 @@ func probe(addr netip.Addr, m *stack.Metrics, timeout time.Duration) error {
 		return fmt.Errorf("probe listener: %w", err)
 	}
 	defer ln.Close()
+	return probeThrough(ln, ln.Addr().String(), m, timeout, nil)
+}
+
+// probeThrough connects a kernel socket to dial, which reaches ln, and
+// checks that the stack relayed the connection and that a byte crossed it.
+// checkPeer, if not nil, judges the client's address as the server sees it.
+func probeThrough(ln net.Listener, dial string, m *stack.Metrics, timeout time.Duration, checkPeer func(net.Addr) error) error {
 	before := m.TCPConnections.Load()
 	accepted := make(chan error, 1)
 	go func() {
 		c, err := ln.Accept()
 		if err == nil {
-			_, err = c.Write([]byte{1})
+			if checkPeer != nil {
+				err = checkPeer(c.RemoteAddr())
+			}
+			c.Write([]byte{1})
 			c.Close()
 		}
 		accepted <- err
 	}()
-	c, err := net.DialTimeout("tcp4", ln.Addr().String(), timeout)
+	c, err := net.DialTimeout(ln.Addr().Network(), dial, timeout)
 	if err != nil {
 		return fmt.Errorf("probe connect: %w", err)
 	}
@@ -48,7 +57,7 @@ func probe(addr netip.Addr, m *stack.Metrics, timeout time.Duration) error {
 		return fmt.Errorf("probe accept: %w", err)
 	}
 	if m.TCPConnections.Load() == before {
-		return errors.New("probe connection did not go through the stack (check the routing rules)")
+		return fmt.Errorf("probe connection to %s did not go through the stack (check the routing rules)", dial)
 	}
 	return nil
 }
