@@ -108,7 +108,12 @@ func (s *session) run(o runOptions, sock string, foreground bool, cmdArgs []stri
 	}
 	start := time.Now()
 	// The namespace is new and ours alone: no other data path and no
-	// killed predecessor's rules to clear.
+	// killed predecessor's rules to clear, and no interface but lo and
+	// ulo0 for an ICMP rate limit to protect.
+	if err := loopback.NoICMPRateLimit(); err != nil {
+		fmt.Fprintf(os.Stderr, "uloop run: %v\n", err)
+		return exitFailed
+	}
 	s.lb, err = loopback.Up(o.Options, rcfg, s.log)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "uloop run: %v\n", err)

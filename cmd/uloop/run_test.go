@@ -650,3 +650,43 @@ func TestInstall(t *testing.T) {
 		t.Errorf("installed uloop run -- sh -c 'exit 5' from /: %v, want exit status 5", err)
 	}
 }
+
+// refusedScript sends one UDP datagram to each of 30 closed ports of the
+// address in $1, back to back, from a connected socket, and counts the
+// ECONNREFUSED that the kernel's port unreachable brings back.
+const refusedScript = `
+import socket, sys
+fam = socket.AF_INET6 if ':' in sys.argv[1] else socket.AF_INET
+n = 0
+for port in range(40000, 40030):
+    s = socket.socket(fam, socket.SOCK_DGRAM)
+    s.settimeout(1)
+    s.connect((sys.argv[1], port))
+    s.send(b'x')
+    try:
+        s.recv(10)
+    except ConnectionRefusedError:
+        n += 1
+    except socket.timeout:
+        pass
+    s.close()
+print(sys.argv[1], n)
+`
+
+// TestUDPRefusedEveryTime: UDP datagrams sent back to back to closed ports
+// fail with ECONNREFUSED every time, as on kernel lo, which exempts
+// loopback from the ICMP rate limit; through ulo0 the limit let about
+// half of them through until uloop run turned it off in its namespace.
+func TestUDPRefusedEveryTime(t *testing.T) {
+	rt := runtimeDir(t)
+	script := `python3 -c "$0" 127.0.0.1 && python3 -c "$0" ::1`
+	want := "127.0.0.1 30\n::1 30\n"
+	lo, err := exec.Command("unshare", "-n", "sh", "-c", "ip link set lo up && "+script, refusedScript).CombinedOutput()
+	if err != nil || string(lo) != want {
+		t.Fatalf("on kernel lo: %v, output %q; want %q", err, lo, want)
+	}
+	out, code := run(t, uloop(t, rt, "run", "--", "sh", "-c", script, refusedScript))
+	if code != 0 || out != want {
+		t.Errorf("uloop run: status %d, output %q; want %q (address, ECONNREFUSED of 30)", code, out, want)
+	}
+}

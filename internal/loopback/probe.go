@@ -3,9 +3,13 @@
 package loopback
 
 import (
+	"errors"
 	"fmt"
+	"io/fs"
 	"net"
 	"net/netip"
+	"os"
+	"strings"
 	"time"
 
 	"github.com/uloop/uloop/stack"
@@ -58,6 +62,24 @@ func probeThrough(ln net.Listener, dial string, m *stack.Metrics, timeout time.D
 	}
 	if m.TCPConnections.Load() == before {
 		return fmt.Errorf("probe connection to %s did not go through the stack (check the routing rules)", dial)
+	}
+	return nil
+}
+
+// NoICMPRateLimit turns off the kernel's rate limit for the ICMP errors its
+// namespace sends (net.ipv4.icmp_ratelimit, net.ipv6.icmp.ratelimit). On lo
+// the kernel exempts loopback traffic from it; through ulo0 the port
+// unreachable that makes a UDP send to a closed port fail with
+// ECONNREFUSED was limited to a burst of 6 and then one a second per
+// address. These settings belong to the namespace, not to a device, so
+// only `uloop run`, whose namespace has no other interface, changes them;
+// for uloopd it is a known difference (docs/semantics.md).
+func NoICMPRateLimit() error {
+	for _, f := range []string{"/proc/sys/net/ipv4/icmp_ratelimit", "/proc/sys/net/ipv6/icmp/ratelimit"} {
+		err := os.WriteFile(f, []byte("0"), 0)
+		if err != nil && !(errors.Is(err, fs.ErrNotExist) && strings.Contains(f, "ipv6")) {
+			return fmt.Errorf("turning off the ICMP rate limit: %w", err)
+		}
 	}
 	return nil
 }
