@@ -312,17 +312,24 @@ func (n *netNS) listen(t *testing.T, network, addr string) net.Listener {
 
 func (n *netNS) listenUDP(t *testing.T, addr string) *net.UDPConn {
 	t.Helper()
+	return n.listenUDPNet(t, "udp", addr)
+}
+
+// listenUDPNet is listenUDP on network "udp", "udp4" or "udp6" ("udp6" on
+// "[::]:0": an IPv6-only socket).
+func (n *netNS) listenUDPNet(t *testing.T, network, addr string) *net.UDPConn {
+	t.Helper()
 	var c *net.UDPConn
 	err := n.do(func() error {
-		a, err := net.ResolveUDPAddr("udp", addr)
+		a, err := net.ResolveUDPAddr(network, addr)
 		if err != nil {
 			return err
 		}
-		c, err = net.ListenUDP("udp", a)
+		c, err = net.ListenUDP(network, a)
 		return err
 	})
 	if err != nil {
-		t.Fatalf("listen udp %s in %s: %v", addr, n, err)
+		t.Fatalf("listen %s %s in %s: %v", network, addr, n, err)
 	}
 	t.Cleanup(func() { c.Close() })
 	return c

@@ -140,14 +140,7 @@ func TestIPv6(t *testing.T) {
 			}
 		})
 		t.Run("udp", func(t *testing.T) {
-			var srv *net.UDPConn
-			if err := e.ns.do(func() (err error) {
-				srv, err = net.ListenUDP("udp6", &net.UDPAddr{IP: net.IPv6unspecified})
-				return err
-			}); err != nil {
-				t.Fatal(err)
-			}
-			defer srv.Close()
+			srv := e.ns.listenUDPNet(t, "udp6", "[::]:0")
 			forceRcvBuf(t, srv, 4<<20)
 			dst := &net.UDPAddr{IP: net.IPv6loopback, Port: portOf(srv.LocalAddr())}
 			var c *net.UDPConn // unconnected: sendto and recvfrom
@@ -273,13 +266,7 @@ func TestIPv6(t *testing.T) {
 			l := e.ns.listen(t, "tcp6", "[::1]:0")
 			tcpEcho(t, l)
 			tcpRoundTrip(t, e.ns, "tcp6", l.Addr().String(), bytes.Repeat([]byte("six"), 100000))
-			var srv *net.UDPConn
-			if err := e.ns.do(func() (err error) {
-				srv, err = net.ListenUDP("udp6", &net.UDPAddr{IP: net.IPv6loopback})
-				return err
-			}); err != nil {
-				t.Fatal(err)
-			}
+			srv := e.ns.listenUDPNet(t, "udp6", "[::1]:0")
 			udpEcho(t, srv)
 			c := dialUDP(t, e.ns, "udp6", srv.LocalAddr().(*net.UDPAddr))
 			if _, err := c.Write([]byte("six")); err != nil {
@@ -472,14 +459,7 @@ func TestIPv6NeighbourCannotReachLoopback(t *testing.T) {
 			// look to the server as if from ::1. The lookup hook drops
 			// it; one from the peer's own address (the control) arrives.
 			peer.mustRun(t, "ip", "addr", "add", "fd75:6c6f:6f70::5/128", "dev", "vb", "nodad")
-			var srv *net.UDPConn
-			if err := e.ns.do(func() (err error) {
-				srv, err = net.ListenUDP("udp6", &net.UDPAddr{IP: net.IPv6unspecified})
-				return err
-			}); err != nil {
-				t.Fatal(err)
-			}
-			defer srv.Close()
+			srv := e.ns.listenUDPNet(t, "udp6", "[::]:0")
 			dst := &net.UDPAddr{IP: net.ParseIP("fd99::1"), Port: portOf(srv.LocalAddr())}
 			send := func(from string, msg string) {
 				t.Helper()

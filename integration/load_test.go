@@ -230,13 +230,7 @@ func TestFlowLimit(t *testing.T) {
 		t.Run("udp6-refused", func(t *testing.T) {
 			// Over ::1 too: the stack's ICMPv6 error quotes the
 			// datagram as the client's socket sent it.
-			var srv6 *net.UDPConn
-			if err := e.ns.do(func() (err error) {
-				srv6, err = net.ListenUDP("udp6", &net.UDPAddr{IP: net.IPv6unspecified})
-				return err
-			}); err != nil {
-				t.Fatal(err)
-			}
+			srv6 := e.ns.listenUDPNet(t, "udp6", "[::]:0")
 			udpEcho(t, srv6)
 			c := dialUDP(t, e.ns, "udp6", &net.UDPAddr{IP: net.IPv6loopback, Port: portOf(srv6.LocalAddr())})
 			if _, err := c.Write([]byte("one too many")); err != nil {
