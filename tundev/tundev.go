@@ -21,10 +21,18 @@ import (
 const (
 	// DefaultName is the name uloopd gives its device.
 	DefaultName = "ulo0"
-	// DefaultMTU is the largest IPv4 packet: with it the kernel hands over
-	// 64 KiB segments directly, which cuts per-packet costs about 40x
-	// compared with 1500.
-	DefaultMTU = 65535
+	// DefaultMTU is about the largest IPv4 packet: with it the kernel hands
+	// over 64 KiB segments directly, which cuts per-packet costs about 40x
+	// compared with 1500. It is 121 bytes under 65535 so that the stack can
+	// relay a kernel segment whole: gVisor's TCP with host GSO sends at most
+	// 65535 - 161 = 65374 data bytes per segment (it leaves room for 160
+	// bytes of headers), and at MTU 65535 the kernel sends 65483, which the
+	// stack then relayed as 65374 + 109, two TUN writes and two segments for
+	// the peer to take and acknowledge. At this MTU the kernel's largest
+	// TCP payload is 65414 - 40 = 65374, or 65362 with timestamps.
+	// stack.TestDefaultMTUSegmentsWhole checks the arithmetic against
+	// gVisor's constant.
+	DefaultMTU = 65414
 	// TxQueueLen is the device's transmit queue: the packets the kernel
 	// holds for uloopd to read. A TUN device gets 500, and a burst of
 	// datagrams from a thousand sockets at once (which kernel lo, with no
