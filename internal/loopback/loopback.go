@@ -115,6 +115,9 @@ type Loopback struct {
 // namespace (uloopd's control socket; a namespace of its own for `uloop
 // run`), and clear a killed predecessor's rules first if there can be one.
 func Up(o Options, rcfg route.Config, log *slog.Logger) (*Loopback, error) {
+	if o.MTU > tundev.DefaultMTU {
+		log.Warn("MTU above the default: the stack will relay each of the kernel's full TCP segments as two, which costs throughput", "mtu", o.MTU, "default", tundev.DefaultMTU)
+	}
 	dev, err := tundev.Create(o.Dev, o.MTU, o.Offload)
 	if err != nil {
 		return nil, err
