@@ -239,37 +239,99 @@ func (e *linkEndpoint) readLoop(d stack.NetworkDispatcher) {
 	// batch. With more Ps the relay runs beside it and yielding only moves
 	// the reader between Ps.
 	yield := runtime.GOMAXPROCS(0) == 1
+	// queued counts the reads in a row that returned a datagram without
+	// waiting for it; a burst starts at need of them.
+	queued, need := 0, burstAfter
 	for {
 		if yield {
 			runtime.Gosched()
 		}
 		n, err := e.dev.Read(bufs, sizes, hdrs, 0)
-		for i := 0; i < n; i++ {
-			if sizes[i] < copyBelow {
-				// Hand over a tight copy and keep the big buffer.
-				e.deliver(d, buffer.NewViewWithData(bufs[i][:sizes[i]]), hdrs[i])
-				continue
-			}
-			views[i].CapLength(sizes[i])
-			e.deliver(d, views[i], hdrs[i])
-			fill(i)
+		if n == 1 && isUDP(bufs[0][:sizes[0]]) && !e.dev.ReadWaited() {
+			queued++
+		} else {
+			queued = 0
 		}
-		if errors.Is(err, tundev.ErrTooManySegments) || errors.Is(err, tundev.ErrDropped) {
-			// A GSO super-packet split into more segments than one batch
-			// holds, or one that could not be split; the kernel
-			// retransmits what was lost.
-			e.metrics.DroppedPackets.Add(1)
-			continue
-		}
-		if err != nil {
-			e.mu.Lock()
-			if !e.closed {
-				e.readErr = err
-			}
-			e.mu.Unlock()
+		if !e.deliverRead(d, n, err, views, sizes, hdrs, fill) {
 			return
 		}
+		if queued < need {
+			continue
+		}
+		// Datagrams in a row were already queued when the reader asked:
+		// a flood, perhaps. Take the datagrams queued behind them too
+		// before the pumps run, so that each pump drains several at
+		// once. Only for UDP: a burst of TCP segments is acknowledged
+		// with one ACK, which the ACK holder then keeps back. And a
+		// burst that finds nothing more doubles the streak the next
+		// one waits for: the look costs a read that finds the device
+		// empty, and requests and replies between fast peers are often
+		// queued by the time the reader asks, one at a time.
+		queued = 0
+		for got, bytes := 1, sizes[0]; got < readBurst && bytes < readBurstBytes; {
+			n, err := e.dev.TryRead(bufs, sizes, hdrs, 0)
+			if n == 0 && err == nil {
+				if got == 1 {
+					need = min(2*need, burstAfterMax)
+				}
+				break
+			}
+			need = burstAfter
+			more := n == 1 && isUDP(bufs[0][:sizes[0]])
+			if n > 0 {
+				got, bytes = got+1, bytes+sizes[0]
+			}
+			if !e.deliverRead(d, n, err, views, sizes, hdrs, fill) {
+				return
+			}
+			if !more {
+				break
+			}
+		}
 	}
+}
+
+// readBurst and readBurstBytes bound the datagrams the reader takes in one
+// burst: a pump relays them together, and the other goroutines wait no
+// longer than about 16 small reads.
+const (
+	readBurst      = 16
+	readBurstBytes = 64 << 10
+	// burstAfter is the streak of datagrams found queued that starts a
+	// burst; after bursts that found nothing, up to burstAfterMax.
+	burstAfter    = 2
+	burstAfterMax = 64
+)
+
+// deliverRead hands the n packets a read put in views (their sizes and
+// headers beside them) to the stack, refilling the views it gave away;
+// false if err ends the reader.
+func (e *linkEndpoint) deliverRead(d stack.NetworkDispatcher, n int, err error, views []*buffer.View, sizes []int, hdrs []tundev.VirtioNetHdr, fill func(int)) bool {
+	for i := 0; i < n; i++ {
+		if sizes[i] < copyBelow {
+			// Hand over a tight copy and keep the big buffer.
+			e.deliver(d, buffer.NewViewWithData(views[i].AsSlice()[:sizes[i]]), hdrs[i])
+			continue
+		}
+		views[i].CapLength(sizes[i])
+		e.deliver(d, views[i], hdrs[i])
+		fill(i)
+	}
+	switch {
+	case errors.Is(err, tundev.ErrTooManySegments) || errors.Is(err, tundev.ErrDropped):
+		// A GSO super-packet split into more segments than one batch
+		// holds, or one that could not be split; the kernel retransmits
+		// what was lost.
+		e.metrics.DroppedPackets.Add(1)
+	case err != nil:
+		e.mu.Lock()
+		if !e.closed {
+			e.readErr = err
+		}
+		e.mu.Unlock()
+		return false
+	}
+	return true
 }
 
 // deliver hands one packet read from the device with the virtio-net header

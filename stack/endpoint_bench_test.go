@@ -28,6 +28,10 @@ func (d *discardDevice) Read([][]byte, []int, []tundev.VirtioNetHdr, int) (int, 
 	<-d.closed
 	return 0, os.ErrClosed
 }
+func (d *discardDevice) TryRead([][]byte, []int, []tundev.VirtioNetHdr, int) (int, error) {
+	return 0, nil
+}
+func (d *discardDevice) ReadWaited() bool { return true }
 func (d *discardDevice) WritePacket(_ tundev.VirtioNetHdr, pkt [][]byte) error {
 	d.packets.Add(1)
 	for _, s := range pkt {

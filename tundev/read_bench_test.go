@@ -13,7 +13,7 @@ import (
 )
 
 // BenchmarkRead: one datagram sent by a kernel UDP socket through a real
-// TUN device (in a namespace of its own, offloads on, MTU 65535) and read
+// TUN device (in a namespace of its own, offloads on, the default MTU) and read
 // back, per op, through this package's Read and, for comparison, through
 // wireguard-go's on the same device. The kernel marks such datagrams
 // NEEDS_CSUM: wireguard-go copies each one out of its own buffer and sums
@@ -22,40 +22,7 @@ import (
 //
 //	go test -run '^$' -bench Read ./tundev/
 func BenchmarkRead(b *testing.B) {
-	if os.Geteuid() != 0 {
-		b.Skip("needs root (a TUN device in a namespace of its own)")
-	}
-	ns, err := netns.Create("tundev-bench")
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer ns.Delete()
-	var dev Device
-	var conn *net.UDPConn
-	if err := ns.Do(func() error {
-		d, err := Create("bench0", DefaultMTU, true)
-		if err != nil {
-			return err
-		}
-		dev = d
-		link, err := netlink.LinkByName("bench0")
-		if err != nil {
-			return err
-		}
-		addr, _ := netlink.ParseAddr("10.99.0.1/24")
-		if err := netlink.AddrAdd(link, addr); err != nil {
-			return err
-		}
-		if err := netlink.LinkSetUp(link); err != nil {
-			return err
-		}
-		conn, err = net.DialUDP("udp4", nil, &net.UDPAddr{IP: net.IPv4(10, 99, 0, 2), Port: 9})
-		return err
-	}); err != nil {
-		b.Fatal(err)
-	}
-	defer dev.Close()
-	defer conn.Close()
+	dev, conn := testDevice(b)
 	kd := dev.(*kernelDevice)
 	bufs := make([][]byte, kd.BatchSize())
 	for i := range bufs {
@@ -93,4 +60,49 @@ func BenchmarkRead(b *testing.B) {
 			})
 		}
 	}
+}
+
+// testDevice creates a kernel TUN device (offloads on, default MTU) in a
+// namespace of its own, which goes when the test ends, with 10.99.0.1/24
+// on it, and a UDP socket in that namespace connected to 10.99.0.2:9, so
+// that what it sends is routed into the device. Skips without root.
+func testDevice(tb testing.TB) (Device, *net.UDPConn) {
+	tb.Helper()
+	if os.Geteuid() != 0 {
+		tb.Skip("needs root (a TUN device in a namespace of its own)")
+	}
+	ns, err := netns.Create("tundev-test")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { ns.Delete() })
+	var dev Device
+	var conn *net.UDPConn
+	if err := ns.Do(func() error {
+		d, err := Create("test0", DefaultMTU, true)
+		if err != nil {
+			return err
+		}
+		dev = d
+		link, err := netlink.LinkByName("test0")
+		if err != nil {
+			return err
+		}
+		addr, _ := netlink.ParseAddr("10.99.0.1/24")
+		if err := netlink.AddrAdd(link, addr); err != nil {
+			return err
+		}
+		if err := netlink.LinkSetUp(link); err != nil {
+			return err
+		}
+		conn, err = net.DialUDP("udp4", nil, &net.UDPAddr{IP: net.IPv4(10, 99, 0, 2), Port: 9})
+		return err
+	}); err != nil {
+		if dev != nil {
+			dev.Close()
+		}
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { conn.Close(); dev.Close() })
+	return dev, conn
 }

@@ -84,6 +84,13 @@ type Device interface {
 	// ErrTooManySegments and ErrDropped are not fatal: the n packets read
 	// are valid and the next Read works.
 	Read(bufs [][]byte, sizes []int, hdrs []VirtioNetHdr, offset int) (n int, err error)
+	// TryRead is Read without the wait: it returns (0, nil) at once when
+	// nothing is queued.
+	TryRead(bufs [][]byte, sizes []int, hdrs []VirtioNetHdr, offset int) (n int, err error)
+	// ReadWaited reports whether the last Read found nothing queued and
+	// waited for a packet: if it did not, more are likely queued behind
+	// the one it read.
+	ReadWaited() bool
 	// WritePacket writes one packet, the concatenation of pkt, preceded by
 	// vnet, which tells the kernel what it still has to do to the packet
 	// (complete its checksum, treat it as a GSO super-packet). The packet

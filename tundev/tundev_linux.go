@@ -65,6 +65,12 @@ type kernelDevice struct {
 	n int
 	// +checklocks:rmu
 	errno syscall.Errno
+	// wait: the readv in progress is a Read's, which waits for a packet;
+	// else a TryRead's, which does not.
+	// +checklocks:rmu
+	wait bool
+	// waited: the last Read found the device empty and waited.
+	waited atomic.Bool
 }
 
 var _ Device = (*kernelDevice)(nil)
@@ -146,6 +152,18 @@ func Create(name string, mtu int, offload bool) (Device, error) {
 // Read implements Device.Read: one readv(2) of one packet, straight into
 // bufs[0], split if it is a GSO super-packet.
 func (d *kernelDevice) Read(bufs [][]byte, sizes []int, hdrs []VirtioNetHdr, offset int) (int, error) {
+	return d.read(bufs, sizes, hdrs, offset, true)
+}
+
+// TryRead implements Device.TryRead.
+func (d *kernelDevice) TryRead(bufs [][]byte, sizes []int, hdrs []VirtioNetHdr, offset int) (int, error) {
+	return d.read(bufs, sizes, hdrs, offset, false)
+}
+
+// ReadWaited implements Device.ReadWaited.
+func (d *kernelDevice) ReadWaited() bool { return d.waited.Load() }
+
+func (d *kernelDevice) read(bufs [][]byte, sizes []int, hdrs []VirtioNetHdr, offset int, wait bool) (int, error) {
 	d.rmu.Lock()
 	defer d.rmu.Unlock()
 	first := bufs[0][offset:]
@@ -156,10 +174,16 @@ func (d *kernelDevice) Read(bufs [][]byte, sizes []int, hdrs []VirtioNetHdr, off
 		d.iov[2].Base, d.iov[2].Len = &d.spill[0], uint64(len(d.spill))
 		d.iovcnt = 3
 	}
-	d.n, d.errno = 0, 0
+	d.n, d.errno, d.wait = 0, 0, wait
+	if wait {
+		d.waited.Store(false)
+	}
 	err := d.raw.Read(d.readv)
 	// The buffers' memory is only borrowed for the system call.
 	d.iov = [3]unix.Iovec{}
+	if err == nil && d.errno == unix.EAGAIN {
+		return 0, nil // TryRead, nothing queued
+	}
 	if err == nil && d.errno != 0 {
 		err = d.errno
 	}
@@ -194,10 +218,11 @@ func (d *kernelDevice) Read(bufs [][]byte, sizes []int, hdrs []VirtioNetHdr, off
 	return splitGSO(h, head, tail, bufs, sizes, hdrs, offset)
 }
 
-// readvOnce is the readv(2) that Read hands to RawConn.Read: it reads into
-// d.iov[:d.iovcnt] and leaves the byte count in d.n and the error in
-// d.errno. It returns false (wait for the poller, then retry) only while
-// there is nothing to read.
+// readvOnce is the readv(2) that Read and TryRead hand to RawConn.Read:
+// it reads into d.iov[:d.iovcnt] and leaves the byte count in d.n and the
+// error in d.errno (EAGAIN: a TryRead found nothing). For a Read it
+// returns false (wait for the poller, then retry) while there is nothing
+// to read.
 func (d *kernelDevice) readvOnce(fd uintptr) bool {
 	for {
 		n, _, errno := unix.Syscall(unix.SYS_READV, fd, uintptr(unsafe.Pointer(&d.iov[0])), uintptr(d.iovcnt))
@@ -205,7 +230,10 @@ func (d *kernelDevice) readvOnce(fd uintptr) bool {
 		case unix.EINTR:
 			continue
 		case unix.EAGAIN:
-			return false
+			if d.wait {
+				d.waited.Store(true)
+				return false
+			}
 		}
 		d.n, d.errno = int(n), errno
 		return true

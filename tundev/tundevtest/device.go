@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"sync"
+	"sync/atomic"
 
 	"github.com/uloop/uloop/tundev"
 	"gvisor.dev/gvisor/pkg/tcpip/checksum"
@@ -27,6 +28,8 @@ type Device struct {
 
 	closeOnce sync.Once
 	closed    chan struct{}
+	// waited: the last Read found nothing queued and waited.
+	waited atomic.Bool
 }
 
 var _ tundev.Device = (*Device)(nil)
@@ -63,19 +66,44 @@ func (d *Device) InjectWith(hdr tundev.VirtioNetHdr, pkt []byte) {
 // Read implements tundev.Device.Read: it blocks for one packet, then takes
 // whatever else is queued, up to len(bufs).
 func (d *Device) Read(bufs [][]byte, sizes []int, hdrs []tundev.VirtioNetHdr, offset int) (int, error) {
+	return d.read(bufs, sizes, hdrs, offset, true)
+}
+
+// TryRead implements tundev.Device.TryRead.
+func (d *Device) TryRead(bufs [][]byte, sizes []int, hdrs []tundev.VirtioNetHdr, offset int) (int, error) {
+	return d.read(bufs, sizes, hdrs, offset, false)
+}
+
+// ReadWaited implements tundev.Device.ReadWaited.
+func (d *Device) ReadWaited() bool { return d.waited.Load() }
+
+func (d *Device) read(bufs [][]byte, sizes []int, hdrs []tundev.VirtioNetHdr, offset int, wait bool) (int, error) {
 	d.mu.Lock()
 	next := d.next
 	d.next = nil
 	d.mu.Unlock()
 	var p packet
-	if next != nil {
-		p = *next
-	} else {
+	if wait {
+		d.waited.Store(false)
+	}
+	if next == nil {
 		select {
 		case p = <-d.in:
 		case <-d.closed:
 			return 0, os.ErrClosed
+		default:
+			if !wait {
+				return 0, nil
+			}
+			d.waited.Store(true)
+			select {
+			case p = <-d.in:
+			case <-d.closed:
+				return 0, os.ErrClosed
+			}
 		}
+	} else {
+		p = *next
 	}
 	if len(p.data) > len(bufs[0])-offset {
 		return 0, fmt.Errorf("tundevtest: %d-byte packet does not fit a %d-byte buffer", len(p.data), len(bufs[0])-offset)
