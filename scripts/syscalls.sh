@@ -8,14 +8,14 @@
 # one iperf3 stream (-n 1G). Each case in a fresh namespace. As root, with
 # perf (linux-perf) installed and bin/ built (make build).
 #
-#   scripts/syscalls.sh [rr|crr|bulk]...     # default: all three
+#   scripts/syscalls.sh [rr|udp-rr|crr|bulk]...     # default: all four
 #   ULOOPD=/path/to/other/uloopd scripts/syscalls.sh rr
 set -euo pipefail
 cd "$(dirname "$0")/.."
 uloopd=$(realpath "${ULOOPD:-bin/uloopd}")
 bench=$(realpath bin/uloop-bench)
 cases=("${@:-rr}")
-[ $# -gt 0 ] || cases=(rr crr bulk)
+[ $# -gt 0 ] || cases=(rr udp-rr crr bulk)
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 go build -o "$tmp/pingpong" ./scripts/pingpong
@@ -29,12 +29,14 @@ one() { # one CASE
 	pid=$!
 	for _ in $(seq 100); do grep -q ready "$tmp/log" && break; sleep 0.05; done
 	case $1 in
-	rr)
-		ip netns exec "$ns" "$tmp/pingpong" -n 1000 >/dev/null
+	rr | udp-rr)
+		local udp=()
+		[ "$1" = rr ] || udp=(-udp)
+		ip netns exec "$ns" "$tmp/pingpong" "${udp[@]}" -n 1000 >/dev/null
 		perf stat -x, -e "$events" -p "$pid" -o "$tmp/stat" &
 		perfpid=$!
 		sleep 0.3
-		ip netns exec "$ns" "$tmp/pingpong" -n 10000 >"$tmp/out"
+		ip netns exec "$ns" "$tmp/pingpong" "${udp[@]}" -n 10000 >"$tmp/out"
 		units=10000 unit="round trip"
 		;;
 	crr)
@@ -62,7 +64,7 @@ one() { # one CASE
 	wait "$perfpid" 2>/dev/null || true
 	awk -F, -v n="$units" -v c="$1" -v u="$unit" '
 		/sys_enter/ { split($3, e, ":"); name = e[2]; sub("sys_enter_", "", name); if (name == "sys_enter") name = "all"; v[name] = $1 / n; order[++k] = name }
-		END { printf "%-5s per %s:", c, u; for (i = 1; i <= k; i++) printf " %s %.2f", order[i], v[order[i]]; printf "\n" }' "$tmp/stat"
+		END { printf "%-6s per %s:", c, u; for (i = 1; i <= k; i++) printf " %s %.2f", order[i], v[order[i]]; printf "\n" }' "$tmp/stat"
 	kill "$pid"
 	wait "$pid" 2>/dev/null || true
 	[ -z "$echopid" ] || kill "$echopid" 2>/dev/null || true
