@@ -84,6 +84,11 @@ func (g *udpGSO) end() {
 // together. false: not held, the caller writes it (after whatever was
 // held, which send has written).
 func (g *udpGSO) send(vnet tundev.VirtioNetHdr, pkt [][]byte) bool {
+	if !isUDPv4(pkt) {
+		// Nothing held has to go before it: only datagrams of a flow
+		// (and its fragments) are ordered.
+		return false
+	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if g.n == 0 && g.draining == 0 {
@@ -186,4 +191,11 @@ func udpGSOParts(vnet tundev.VirtioNetHdr, pkt [][]byte) ([]byte, int, bool) {
 		return nil, 0, false
 	}
 	return h, payload, true
+}
+
+// isUDPv4 reports whether pkt, as the stack hands it over (headers in the
+// first view), is an IPv4 packet carrying UDP, a fragment included.
+func isUDPv4(pkt [][]byte) bool {
+	return len(pkt) > 0 && len(pkt[0]) >= header.IPv4MinimumSize && header.IPVersion(pkt[0]) == header.IPv4Version &&
+		header.IPv4(pkt[0]).TransportProtocol() == header.UDPProtocolNumber
 }
