@@ -42,6 +42,9 @@ type linkEndpoint struct {
 	gso bool
 	// acks holds the stack's pure ACKs briefly (see ackHolder).
 	acks *ackHolder
+	// udp writes a UDP pump's datagrams as UDP GSO packets (see udpGSO);
+	// nil if the device cannot take them.
+	udp *udpGSO
 	// rxTrusted is whether the packet the reader is delivering has
 	// checksums the kernel vouched for (see Capabilities).
 	rxTrusted atomic.Bool
@@ -80,6 +83,9 @@ var (
 func newLinkEndpoint(dev tundev.Device, m *Metrics) *linkEndpoint {
 	e := &linkEndpoint{dev: dev, mtu: uint32(dev.MTU()), metrics: m, gso: true, done: make(chan struct{})}
 	e.acks = newACKHolder(e.write, m)
+	if d, ok := dev.(interface{ UDPSegmentation() bool }); ok && d.UDPSegmentation() {
+		e.udp = newUDPGSO(e.write, m)
+	}
 	e.line = impair.NewLine(maxDelayedBytes)
 	return e
 }
@@ -535,7 +541,12 @@ func (e *linkEndpoint) writePackets(pkts stack.PacketBufferList, hdr func(*stack
 			n++
 			continue
 		}
-		if err := e.acks.send(hdr(pkt), pkt.AsSlices()); err != nil {
+		vnet, views := hdr(pkt), pkt.AsSlices()
+		if e.udp != nil && e.udp.send(vnet, views) {
+			n++
+			continue
+		}
+		if err := e.acks.send(vnet, views); err != nil {
 			if errors.Is(err, os.ErrClosed) {
 				if n == 0 {
 					return 0, &tcpip.ErrClosedForSend{}

@@ -28,4 +28,5 @@ type Metrics struct {
 	PassthroughPackets atomic.Uint64 // packets written back to the kernel unchanged
 	DroppedPackets     atomic.Uint64 // packets read that were not IPv4, or malformed
 	ACKsCoalesced      atomic.Uint64 // pure ACKs never written: a later segment of the flow carried them
+	UDPGSODatagrams    atomic.Uint64 // datagrams written as part of a UDP GSO packet (see udpGSO)
 }

@@ -43,6 +43,9 @@ type relay struct {
 	metrics *Metrics
 	log     *slog.Logger
 	bufs    sync.Pool
+	// udpGSO is told when a UDP pump drains, so that it can write the
+	// datagrams of one drain together; nil if the device cannot.
+	udpGSO *udpGSO
 
 	// wg counts the relay's goroutines.
 	wg sync.WaitGroup
@@ -623,6 +626,10 @@ func (r *relay) startUDPPump(f *udpFlow, src, dst conn, done func()) {
 	var rd bytes.Reader
 	p := &pump{src: src, finish: done}
 	p.drain = func() bool {
+		if r.udpGSO != nil {
+			r.udpGSO.begin()
+			defer r.udpGSO.end()
+		}
 		for {
 			bp, n, err := r.read(src)
 			switch err.(type) {

@@ -161,6 +161,9 @@ func New(cfg Config) (*Stack, error) {
 
 	s.link = newLinkEndpoint(cfg.Device, cfg.Metrics)
 	s.link.gso = !cfg.DisableGSO
+	if cfg.DisableGSO {
+		s.link.udp = nil
+	}
 	s.link.impair = cfg.Impair
 	if err := gv.CreateNICWithOptions(tunNIC, s.link, stack.NICOptions{Name: cfg.Device.Name()}); err != nil {
 		return fail("creating TUN NIC", err)
@@ -215,6 +218,7 @@ func New(cfg Config) (*Stack, error) {
 	gv.SetRouteTable(routes)
 
 	s.relay = newRelay(gv, cfg)
+	s.relay.udpGSO = s.link.udp
 	gv.SetTransportProtocolHandler(tcp.ProtocolNumber, tcp.NewForwarder(gv, 0, maxInFlight, s.relay.handleTCP).HandlePacket)
 	gv.SetTransportProtocolHandler(udp.ProtocolNumber, s.relay.handleUDPPacket)
 	gv.SetTransportProtocolHandler(icmp.ProtocolNumber4, (&echoResponder{gv: gv, metrics: cfg.Metrics}).handle)

@@ -71,6 +71,8 @@ type kernelDevice struct {
 	wait bool
 	// waited: the last Read found the device empty and waited.
 	waited atomic.Bool
+	// uso: the device takes UDP GSO packets (TUN_F_USO4 and USO6 on).
+	uso bool
 }
 
 var _ Device = (*kernelDevice)(nil)
@@ -135,6 +137,15 @@ func Create(name string, mtu int, offload bool) (Device, error) {
 		}
 	}
 	d := &kernelDevice{Device: dev, name: name, mtu: mtu, raw: raw}
+	if offload {
+		// wireguard-go turns on UDP segmentation offload where the
+		// kernel has it (6.2 and later) and TCP's alone elsewhere;
+		// setting the same flags again says which it did. A device
+		// with it takes UDP GSO packets from us as well.
+		_ = raw.Control(func(fd uintptr) {
+			d.uso = unix.IoctlSetInt(int(fd), unix.TUNSETOFFLOAD, unix.TUN_F_CSUM|unix.TUN_F_TSO4|unix.TUN_F_TSO6|unix.TUN_F_USO4|unix.TUN_F_USO6) == nil
+		})
+	}
 	if mtu < maxSuperPacket {
 		d.spill = make([]byte, maxSuperPacket-mtu)
 	}
@@ -159,6 +170,10 @@ func (d *kernelDevice) Read(bufs [][]byte, sizes []int, hdrs []VirtioNetHdr, off
 func (d *kernelDevice) TryRead(bufs [][]byte, sizes []int, hdrs []VirtioNetHdr, offset int) (int, error) {
 	return d.read(bufs, sizes, hdrs, offset, false)
 }
+
+// UDPSegmentation reports whether WritePacket takes UDP GSO packets
+// (VirtioNetHdrGSOUDPL4): the kernel splits them into their datagrams.
+func (d *kernelDevice) UDPSegmentation() bool { return d.uso }
 
 // ReadWaited implements Device.ReadWaited.
 func (d *kernelDevice) ReadWaited() bool { return d.waited.Load() }

@@ -52,6 +52,7 @@ func newCollector(m *stack.Metrics, drops func() map[string]uint64) *collector {
 	counter("uloop_passthrough_packets_total", "Packets handed back to the kernel unchanged (other protocols, ICMP errors).", func(m *stack.Metrics) uint64 { return m.PassthroughPackets.Load() })
 	counter("uloop_flows_rejected_total", "New TCP connections and UDP flows refused because --max-flows were relayed.", func(m *stack.Metrics) uint64 { return m.FlowsRejected.Load() })
 	counter("uloop_tcp_acks_coalesced_total", "Pure ACKs from the stack that were never written because a later segment of the same flow carried them.", func(m *stack.Metrics) uint64 { return m.ACKsCoalesced.Load() })
+	counter("uloop_tun_tx_udp_gso_datagrams_total", "UDP datagrams written to the TUN device as part of a UDP GSO packet (several datagrams of one flow in one write).", func(m *stack.Metrics) uint64 { return m.UDPGSODatagrams.Load() })
 	counter("uloop_dropped_packets_total", "Packets dropped as malformed, not IPv4, or not relayable.", func(m *stack.Metrics) uint64 { return m.DroppedPackets.Load() })
 	return c
 }
