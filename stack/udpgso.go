@@ -6,6 +6,7 @@ import (
 	"sync"
 
 	"github.com/uloop/uloop/tundev"
+	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 )
 
@@ -18,13 +19,15 @@ import (
 // many datagrams costs much less than a write each: a third of uloopd's
 // CPU in a flood was those writes.
 //
-// Only IPv4 datagrams without IP options or fragments, with the partial
-// checksum the link endpoint gives them, are held, and only while a pump
-// drains (begin ... end): nothing else waits. The packet it builds is the
-// one wireguard-go builds for its UDP GRO (applyUDPCoalesceAccounting): the
-// IP total length and the UDP length of the whole, and in the UDP checksum
-// field the pseudo-header sum over that whole length, which the kernel's
-// segmentation adjusts per datagram (__udp_gso_segment).
+// Only datagrams without IPv4 options, IPv6 extension headers or fragments
+// are held (IPv4 ones with the partial checksum the link endpoint gives
+// them, IPv6 ones with the full checksum gVisor computed), and only while a
+// pump drains (begin ... end): nothing else waits. The packet it builds is
+// the one wireguard-go builds for its UDP GRO (applyUDPCoalesceAccounting):
+// the IPv4 total length or IPv6 payload length and the UDP length of the
+// whole, and in the UDP checksum field the pseudo-header sum over that whole
+// length, which the kernel's segmentation adjusts per datagram
+// (__udp_gso_segment) before it completes the checksum.
 type udpGSO struct {
 	write   func(tundev.VirtioNetHdr, [][]byte) error
 	metrics *Metrics
@@ -33,10 +36,12 @@ type udpGSO struct {
 	// draining is how many pumps are between begin and end.
 	// +checklocks:mu
 	draining int
-	// hdr is the IPv4 and UDP headers of the first datagram held, vnet its
-	// virtio-net header; seg its payload size.
+	// hdr[:hlen] is the IP and UDP headers of the first datagram held,
+	// vnet its virtio-net header; seg its payload size.
 	// +checklocks:mu
-	hdr [udpGSOHeaders]byte
+	hdr [header.IPv6MinimumSize + header.UDPMinimumSize]byte
+	// +checklocks:mu
+	hlen int
 	// +checklocks:mu
 	vnet tundev.VirtioNetHdr
 	// +checklocks:mu
@@ -51,8 +56,9 @@ type udpGSO struct {
 
 const (
 	udpGSOHeaders = header.IPv4MinimumSize + header.UDPMinimumSize
-	// udpGSOMaxPayload is the most payload one packet can carry: its IPv4
-	// total length is 16 bits.
+	// udpGSOMaxPayload is the most payload one packet carries: an IPv4
+	// total length is 16 bits (an IPv6 payload length leaves 20 bytes
+	// more, unused).
 	udpGSOMaxPayload = maxIPv4PacketSize - udpGSOHeaders
 	// udpGSOMaxSegments stays under the kernel's UDP_MAX_SEGMENTS (128).
 	udpGSOMaxSegments = 64
@@ -84,7 +90,7 @@ func (g *udpGSO) end() {
 // together. false: not held, the caller writes it (after whatever was
 // held, which send has written).
 func (g *udpGSO) send(vnet tundev.VirtioNetHdr, pkt [][]byte) bool {
-	if !isUDPv4(pkt) {
+	if !isUDPPacket(pkt) {
 		// Nothing held has to go before it: only datagrams of a flow
 		// (and its fragments) are ordered.
 		return false
@@ -103,10 +109,10 @@ func (g *udpGSO) send(vnet tundev.VirtioNetHdr, pkt [][]byte) bool {
 		g.flushLocked()
 	}
 	if g.n == 0 {
-		copy(g.hdr[:], h)
+		g.hlen = copy(g.hdr[:], h)
 		g.vnet, g.seg = vnet, payload
 	}
-	g.buf = append(g.buf, pkt[0][udpGSOHeaders:]...)
+	g.buf = append(g.buf, pkt[0][len(h):]...)
 	for _, v := range pkt[1:] {
 		g.buf = append(g.buf, v...)
 	}
@@ -122,13 +128,17 @@ func (g *udpGSO) send(vnet tundev.VirtioNetHdr, pkt [][]byte) bool {
 // fields (but for the length, ID and checksum, which the kernel rewrites
 // per datagram), the same payload size or smaller (the last), and room.
 func (g *udpGSO) joins(h []byte, payload int) bool {
-	if payload > g.seg || len(g.buf)+payload > udpGSOMaxPayload {
+	if payload > g.seg || len(g.buf)+payload > udpGSOMaxPayload || len(h) != g.hlen {
 		return false
 	}
-	held := g.hdr[:]
-	return held[0] == h[0] && held[1] == h[1] && // version, IHL, TOS
-		bytes.Equal(held[6:10], h[6:10]) && // flags, TTL, protocol
-		bytes.Equal(held[12:24], h[12:24]) // addresses and ports
+	held := g.hdr[:g.hlen]
+	if g.hlen == udpGSOHeaders {
+		return held[0] == h[0] && held[1] == h[1] && // version, IHL, TOS
+			bytes.Equal(held[6:10], h[6:10]) && // flags, TTL, protocol
+			bytes.Equal(held[12:24], h[12:24]) // addresses and ports
+	}
+	return bytes.Equal(held[:4], h[:4]) && // version, traffic class, flow label
+		bytes.Equal(held[6:44], h[6:44]) // next header, hop limit, addresses, ports
 }
 
 // flushLocked writes what is held: one datagram as it came, several as one
@@ -139,63 +149,96 @@ func (g *udpGSO) flushLocked() {
 	case 0:
 		return
 	case 1:
-		g.write(g.vnet, [][]byte{g.hdr[:], g.buf})
+		g.write(g.vnet, [][]byte{g.hdr[:g.hlen], g.buf})
 	default:
 		hdr := g.hdr
-		ip := header.IPv4(hdr[:])
-		ip.SetTotalLength(uint16(udpGSOHeaders + len(g.buf)))
-		ip.SetChecksum(0)
-		ip.SetChecksum(^ip.CalculateChecksum())
+		iplen := g.hlen - header.UDPMinimumSize
 		udpLen := uint16(header.UDPMinimumSize + len(g.buf))
-		udp := header.UDP(hdr[header.IPv4MinimumSize:])
-		udp.SetLength(udpLen)
-		binary.BigEndian.PutUint16(hdr[header.IPv4MinimumSize+udpChecksumOffset:], header.PseudoHeaderChecksum(header.UDPProtocolNumber, ip.SourceAddress(), ip.DestinationAddress(), udpLen))
+		var src, dst tcpip.Address
+		if iplen == header.IPv4MinimumSize {
+			ip := header.IPv4(hdr[:iplen])
+			ip.SetTotalLength(uint16(iplen) + udpLen)
+			ip.SetChecksum(0)
+			ip.SetChecksum(^ip.CalculateChecksum())
+			src, dst = ip.SourceAddress(), ip.DestinationAddress()
+		} else {
+			ip := header.IPv6(hdr[:iplen])
+			ip.SetPayloadLength(udpLen)
+			src, dst = ip.SourceAddress(), ip.DestinationAddress()
+		}
+		header.UDP(hdr[iplen:]).SetLength(udpLen)
+		binary.BigEndian.PutUint16(hdr[iplen+udpChecksumOffset:], header.PseudoHeaderChecksum(header.UDPProtocolNumber, src, dst, udpLen))
 		vnet := tundev.VirtioNetHdr{
 			Flags:      tundev.VirtioNetHdrFNeedsCsum,
 			GSOType:    tundev.VirtioNetHdrGSOUDPL4,
-			HdrLen:     udpGSOHeaders,
+			HdrLen:     uint16(g.hlen),
 			GSOSize:    uint16(g.seg),
-			CsumStart:  header.IPv4MinimumSize,
+			CsumStart:  uint16(iplen),
 			CsumOffset: udpChecksumOffset,
 		}
-		if g.write(vnet, [][]byte{hdr[:], g.buf}) == nil {
+		if g.write(vnet, [][]byte{hdr[:g.hlen], g.buf}) == nil {
 			g.metrics.UDPGSODatagrams.Add(uint64(g.n))
 		}
 	}
 	g.n, g.buf = 0, g.buf[:0]
 }
 
-// udpGSOParts returns the IPv4 and UDP headers of pkt and its payload size,
+// udpGSOParts returns the IP and UDP headers of pkt and its payload size,
 // if pkt is a datagram a UDP GSO packet can carry: IPv4 without options or
-// fragments, UDP with a payload, headers in the first view, and the partial
-// checksum the link endpoint gives UDP (partialChecksum).
+// fragments, with the partial checksum the link endpoint gives UDP
+// (partialChecksum), or IPv6 without extension headers, with the full
+// checksum gVisor computed (link6 offloads none); UDP with a payload; the
+// headers in the first view.
 func udpGSOParts(vnet tundev.VirtioNetHdr, pkt [][]byte) ([]byte, int, bool) {
-	if vnet.GSOType != tundev.VirtioNetHdrGSONone || vnet.Flags != tundev.VirtioNetHdrFNeedsCsum ||
-		vnet.CsumStart != header.IPv4MinimumSize || vnet.CsumOffset != udpChecksumOffset {
+	if len(pkt) == 0 || vnet.GSOType != tundev.VirtioNetHdrGSONone {
 		return nil, 0, false
 	}
-	if len(pkt) == 0 || len(pkt[0]) < udpGSOHeaders {
-		return nil, 0, false
-	}
-	h := pkt[0][:udpGSOHeaders]
-	ip := header.IPv4(h)
-	if header.IPVersion(h) != header.IPv4Version || ip.HeaderLength() != header.IPv4MinimumSize || ip.TransportProtocol() != header.UDPProtocolNumber || ip.More() || ip.FragmentOffset() != 0 {
+	first := pkt[0]
+	var hlen, total int
+	switch {
+	case len(first) >= udpGSOHeaders && header.IPVersion(first) == header.IPv4Version:
+		ip := header.IPv4(first)
+		if vnet.Flags != tundev.VirtioNetHdrFNeedsCsum || vnet.CsumStart != header.IPv4MinimumSize || vnet.CsumOffset != udpChecksumOffset ||
+			ip.HeaderLength() != header.IPv4MinimumSize || ip.TransportProtocol() != header.UDPProtocolNumber || ip.More() || ip.FragmentOffset() != 0 {
+			return nil, 0, false
+		}
+		hlen, total = udpGSOHeaders, int(ip.TotalLength())
+	case len(first) >= header.IPv6MinimumSize+header.UDPMinimumSize && header.IPVersion(first) == header.IPv6Version:
+		ip := header.IPv6(first)
+		if vnet != (tundev.VirtioNetHdr{}) || ip.TransportProtocol() != header.UDPProtocolNumber {
+			return nil, 0, false
+		}
+		hlen, total = header.IPv6MinimumSize+header.UDPMinimumSize, header.IPv6MinimumSize+int(ip.PayloadLength())
+	default:
 		return nil, 0, false
 	}
 	size := 0
 	for _, v := range pkt {
 		size += len(v)
 	}
-	payload := size - udpGSOHeaders
-	if payload <= 0 || int(ip.TotalLength()) != size {
+	payload := size - hlen
+	if payload <= 0 || total != size {
 		return nil, 0, false
 	}
-	return h, payload, true
+	return first[:hlen], payload, true
 }
 
-// isUDPv4 reports whether pkt, as the stack hands it over (headers in the
-// first view), is an IPv4 packet carrying UDP, a fragment included.
-func isUDPv4(pkt [][]byte) bool {
-	return len(pkt) > 0 && len(pkt[0]) >= header.IPv4MinimumSize && header.IPVersion(pkt[0]) == header.IPv4Version &&
-		header.IPv4(pkt[0]).TransportProtocol() == header.UDPProtocolNumber
+// isUDPPacket reports whether pkt, as the stack hands it over (headers in
+// the first view), is an IPv4 or IPv6 packet carrying UDP, a fragment of
+// one included.
+func isUDPPacket(pkt [][]byte) bool {
+	if len(pkt) == 0 {
+		return false
+	}
+	ip := pkt[0]
+	switch {
+	case len(ip) >= header.IPv4MinimumSize && header.IPVersion(ip) == header.IPv4Version:
+		return header.IPv4(ip).TransportProtocol() == header.UDPProtocolNumber
+	case len(ip) >= header.IPv6MinimumSize && header.IPVersion(ip) == header.IPv6Version:
+		// A fragment's next header is the fragment header; it has to
+		// follow held datagrams of its flow as much as a datagram.
+		next := header.IPv6(ip).TransportProtocol()
+		return next == header.UDPProtocolNumber || next == header.IPv6FragmentHeader
+	}
+	return false
 }

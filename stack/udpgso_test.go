@@ -35,6 +35,23 @@ func udpDatagram(srcPort uint16, id uint16, payload []byte) (tundev.VirtioNetHdr
 	return vnet, [][]byte{hdr, payload}
 }
 
+// udpDatagram6 builds an IPv6 UDP datagram from fd75:6c6f:6f70::1 port
+// srcPort to fd75:6c6f:6f70::2 port 53 as link6 hands it over: headers in
+// one view with the full checksum gVisor computes, the payload in another,
+// no virtio-net header.
+func udpDatagram6(srcPort uint16, payload []byte) (tundev.VirtioNetHdr, [][]byte) {
+	hlen := header.IPv6MinimumSize + header.UDPMinimumSize
+	hdr := make([]byte, hlen)
+	src := tcpip.AddrFrom16([16]byte{0xfd, 0x75, 0x6c, 0x6f, 0x6f, 0x70, 15: 1})
+	dst := tcpip.AddrFrom16([16]byte{0xfd, 0x75, 0x6c, 0x6f, 0x6f, 0x70, 15: 2})
+	udpLen := uint16(header.UDPMinimumSize + len(payload))
+	header.IPv6(hdr).Encode(&header.IPv6Fields{PayloadLength: udpLen, TransportProtocol: header.UDPProtocolNumber, HopLimit: 64, SrcAddr: src, DstAddr: dst})
+	u := header.UDP(hdr[header.IPv6MinimumSize:])
+	u.Encode(&header.UDPFields{SrcPort: srcPort, DstPort: 53, Length: udpLen})
+	u.SetChecksum(^u.CalculateChecksum(checksum.Checksum(payload, header.PseudoHeaderChecksum(header.UDPProtocolNumber, src, dst, udpLen))))
+	return tundev.VirtioNetHdr{}, [][]byte{hdr, payload}
+}
+
 // kernelSegments does to a packet written with vnet what the kernel does
 // before a socket gets it: a UDP GSO packet is cut into datagrams of
 // GSOSize payload bytes, each with the headers adjusted to its length and
@@ -42,25 +59,45 @@ func udpDatagram(srcPort uint16, id uint16, payload []byte) (tundev.VirtioNetHdr
 // completed. It fails the test on a packet the kernel would reject.
 func kernelSegments(t *testing.T, vnet tundev.VirtioNetHdr, pkt []byte) [][]byte {
 	t.Helper()
-	if vnet.Flags != tundev.VirtioNetHdrFNeedsCsum || vnet.CsumStart != header.IPv4MinimumSize || vnet.CsumOffset != udpChecksumOffset {
+	iplen := header.IPv4MinimumSize
+	var src, dst tcpip.Address
+	if header.IPVersion(pkt) == header.IPv6Version {
+		iplen = header.IPv6MinimumSize
+		ip := header.IPv6(pkt)
+		if int(ip.PayloadLength()) != len(pkt)-iplen {
+			t.Fatalf("IPv6 payload length %d for %d bytes", ip.PayloadLength(), len(pkt)-iplen)
+		}
+		src, dst = ip.SourceAddress(), ip.DestinationAddress()
+	} else {
+		ip := header.IPv4(pkt)
+		if !ip.IsChecksumValid() || int(ip.TotalLength()) != len(pkt) {
+			t.Fatalf("IPv4 header: checksum valid %v, total length %d for %d bytes", ip.IsChecksumValid(), ip.TotalLength(), len(pkt))
+		}
+		src, dst = ip.SourceAddress(), ip.DestinationAddress()
+	}
+	hlen := iplen + header.UDPMinimumSize
+	udp := header.UDP(pkt[iplen:])
+	if int(udp.Length()) != len(pkt)-iplen {
+		t.Fatalf("UDP length %d for %d bytes", udp.Length(), len(pkt)-iplen)
+	}
+	seg := len(pkt) - hlen
+	switch {
+	case vnet == (tundev.VirtioNetHdr{}) && iplen == header.IPv6MinimumSize:
+		// A whole IPv6 datagram with its checksum: it must be valid.
+		if !udp.IsChecksumValid(src, dst, checksum.Checksum(udp.Payload(), 0)) {
+			t.Fatal("IPv6 datagram written with an invalid checksum")
+		}
+		return [][]byte{pkt}
+	case vnet.Flags != tundev.VirtioNetHdrFNeedsCsum || int(vnet.CsumStart) != iplen || vnet.CsumOffset != udpChecksumOffset:
 		t.Fatalf("virtio-net header %+v: not a partial UDP checksum", vnet)
 	}
-	ip := header.IPv4(pkt)
-	if !ip.IsChecksumValid() || int(ip.TotalLength()) != len(pkt) {
-		t.Fatalf("IPv4 header: checksum valid %v, total length %d for %d bytes", ip.IsChecksumValid(), ip.TotalLength(), len(pkt))
-	}
-	udp := header.UDP(pkt[header.IPv4MinimumSize:])
-	if int(udp.Length()) != len(pkt)-header.IPv4MinimumSize {
-		t.Fatalf("UDP length %d for %d bytes", udp.Length(), len(pkt)-header.IPv4MinimumSize)
-	}
-	if want := header.PseudoHeaderChecksum(header.UDPProtocolNumber, ip.SourceAddress(), ip.DestinationAddress(), udp.Length()); udp.Checksum() != want {
+	if want := header.PseudoHeaderChecksum(header.UDPProtocolNumber, src, dst, udp.Length()); udp.Checksum() != want {
 		t.Fatalf("UDP checksum field %#x, want the pseudo-header sum %#x", udp.Checksum(), want)
 	}
-	seg := len(pkt) - udpGSOHeaders
 	switch vnet.GSOType {
 	case tundev.VirtioNetHdrGSONone:
 	case tundev.VirtioNetHdrGSOUDPL4:
-		if vnet.HdrLen != udpGSOHeaders || vnet.GSOSize == 0 {
+		if int(vnet.HdrLen) != hlen || vnet.GSOSize == 0 {
 			t.Fatalf("GSO header %+v", vnet)
 		}
 		seg = int(vnet.GSOSize)
@@ -68,19 +105,23 @@ func kernelSegments(t *testing.T, vnet tundev.VirtioNetHdr, pkt []byte) [][]byte
 		t.Fatalf("GSO type %d", vnet.GSOType)
 	}
 	var out [][]byte
-	for data := pkt[udpGSOHeaders:]; len(data) > 0; {
+	for data := pkt[hlen:]; len(data) > 0; {
 		n := min(seg, len(data))
-		d := append(append([]byte(nil), pkt[:udpGSOHeaders]...), data[:n]...)
+		d := append(append([]byte(nil), pkt[:hlen]...), data[:n]...)
 		data = data[n:]
-		dip := header.IPv4(d)
-		dip.SetTotalLength(uint16(len(d)))
-		dip.SetChecksum(0)
-		dip.SetChecksum(^dip.CalculateChecksum())
-		du := header.UDP(d[header.IPv4MinimumSize:])
-		du.SetLength(uint16(len(d) - header.IPv4MinimumSize))
-		du.SetChecksum(header.PseudoHeaderChecksum(header.UDPProtocolNumber, dip.SourceAddress(), dip.DestinationAddress(), du.Length()))
-		du.SetChecksum(^checksum.Checksum(d[header.IPv4MinimumSize:], 0))
-		if !du.IsChecksumValid(dip.SourceAddress(), dip.DestinationAddress(), checksum.Checksum(du.Payload(), 0)) {
+		if iplen == header.IPv4MinimumSize {
+			dip := header.IPv4(d)
+			dip.SetTotalLength(uint16(len(d)))
+			dip.SetChecksum(0)
+			dip.SetChecksum(^dip.CalculateChecksum())
+		} else {
+			header.IPv6(d).SetPayloadLength(uint16(len(d) - iplen))
+		}
+		du := header.UDP(d[iplen:])
+		du.SetLength(uint16(len(d) - iplen))
+		du.SetChecksum(header.PseudoHeaderChecksum(header.UDPProtocolNumber, src, dst, du.Length()))
+		du.SetChecksum(^checksum.Checksum(d[iplen:], 0))
+		if !du.IsChecksumValid(src, dst, checksum.Checksum(du.Payload(), 0)) {
 			t.Fatal("datagram checksum not valid after completion")
 		}
 		out = append(out, d)
@@ -96,6 +137,7 @@ func TestUDPGSO(t *testing.T) {
 	type dgram struct {
 		port    uint16
 		payload []byte
+		v6      bool
 	}
 	for _, tt := range []struct {
 		name   string
@@ -104,19 +146,22 @@ func TestUDPGSO(t *testing.T) {
 		writes int // packets written
 		gso    uint64
 	}{
-		{"outside a drain, one write each", false, []dgram{{1, payload(1000, 'a')}, {1, payload(1000, 'b')}}, 2, 0},
-		{"one datagram as it came", true, []dgram{{1, payload(1000, 'a')}}, 1, 0},
-		{"same size, one packet", true, []dgram{{1, payload(1000, 'a')}, {1, payload(1000, 'b')}, {1, payload(1000, 'c')}}, 1, 3},
-		{"a shorter last one joins", true, []dgram{{1, payload(1000, 'a')}, {1, payload(1000, 'b')}, {1, payload(10, 'c')}}, 1, 3},
-		{"nothing after a shorter one", true, []dgram{{1, payload(1000, 'a')}, {1, payload(10, 'b')}, {1, payload(10, 'c')}}, 2, 2},
-		{"a longer one starts another", true, []dgram{{1, payload(500, 'a')}, {1, payload(1000, 'b')}}, 2, 0},
-		{"another flow starts another", true, []dgram{{1, payload(1000, 'a')}, {1, payload(1000, 'b')}, {2, payload(1000, 'c')}, {2, payload(1000, 'd')}}, 2, 4},
+		{"outside a drain, one write each", false, []dgram{{1, payload(1000, 'a'), false}, {1, payload(1000, 'b'), false}}, 2, 0},
+		{"one datagram as it came", true, []dgram{{1, payload(1000, 'a'), false}}, 1, 0},
+		{"same size, one packet", true, []dgram{{1, payload(1000, 'a'), false}, {1, payload(1000, 'b'), false}, {1, payload(1000, 'c'), false}}, 1, 3},
+		{"a shorter last one joins", true, []dgram{{1, payload(1000, 'a'), false}, {1, payload(1000, 'b'), false}, {1, payload(10, 'c'), false}}, 1, 3},
+		{"nothing after a shorter one", true, []dgram{{1, payload(1000, 'a'), false}, {1, payload(10, 'b'), false}, {1, payload(10, 'c'), false}}, 2, 2},
+		{"a longer one starts another", true, []dgram{{1, payload(500, 'a'), false}, {1, payload(1000, 'b'), false}}, 2, 0},
+		{"another flow starts another", true, []dgram{{1, payload(1000, 'a'), false}, {1, payload(1000, 'b'), false}, {2, payload(1000, 'c'), false}, {2, payload(1000, 'd'), false}}, 2, 4},
 		{"full at 64 KiB", true, func() (d []dgram) {
 			for i := range 70 {
-				d = append(d, dgram{1, payload(1400, byte(i))})
+				d = append(d, dgram{1, payload(1400, byte(i)), false})
 			}
 			return d
 		}(), 2, 70},
+		{"IPv6, one packet", true, []dgram{{1, payload(1000, 'a'), true}, {1, payload(1000, 'b'), true}, {1, payload(7, 'c'), true}}, 1, 3},
+		{"IPv6, one datagram as it came", true, []dgram{{1, payload(1000, 'a'), true}}, 1, 0},
+		{"IPv4 then IPv6, two", true, []dgram{{1, payload(1000, 'a'), false}, {1, payload(1000, 'b'), false}, {1, payload(1000, 'c'), true}, {1, payload(1000, 'd'), true}}, 2, 4},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			type written struct {
@@ -134,6 +179,9 @@ func TestUDPGSO(t *testing.T) {
 			}
 			for i, d := range tt.sent {
 				vnet, pkt := udpDatagram(d.port, uint16(i), d.payload)
+				if d.v6 {
+					vnet, pkt = udpDatagram6(d.port, d.payload)
+				}
 				if !g.send(vnet, pkt) {
 					// Not held: the link endpoint writes it.
 					got = append(got, written{vnet, bytes.Join(pkt, nil)})
@@ -156,7 +204,11 @@ func TestUDPGSO(t *testing.T) {
 				t.Fatalf("%d datagrams out, want %d", len(out), len(tt.sent))
 			}
 			for i, d := range out {
-				u := header.UDP(d[header.IPv4MinimumSize:])
+				iplen := header.IPv4MinimumSize
+				if header.IPVersion(d) == header.IPv6Version {
+					iplen = header.IPv6MinimumSize
+				}
+				u := header.UDP(d[iplen:])
 				if u.SourcePort() != tt.sent[i].port || !bytes.Equal(u.Payload(), tt.sent[i].payload) {
 					t.Errorf("datagram %d: port %d, %d bytes; want port %d, the %d bytes sent", i, u.SourcePort(), len(u.Payload()), tt.sent[i].port, len(tt.sent[i].payload))
 				}
