@@ -43,7 +43,7 @@ type linkEndpoint struct {
 	// acks holds the stack's pure ACKs briefly (see ackHolder).
 	acks *ackHolder
 	// udp writes a UDP pump's datagrams as UDP GSO packets (see udpGSO);
-	// nil if the device cannot take them.
+	// nil without GSO or if the device cannot take them. Set before Attach.
 	udp *udpGSO
 	// rxTrusted is whether the packet the reader is delivering has
 	// checksums the kernel vouched for (see Capabilities).
@@ -83,9 +83,6 @@ var (
 func newLinkEndpoint(dev tundev.Device, m *Metrics) *linkEndpoint {
 	e := &linkEndpoint{dev: dev, mtu: uint32(dev.MTU()), metrics: m, gso: true, done: make(chan struct{})}
 	e.acks = newACKHolder(e.write, m)
-	if d, ok := dev.(interface{ UDPSegmentation() bool }); ok && d.UDPSegmentation() {
-		e.udp = newUDPGSO(e.write, m)
-	}
 	e.line = impair.NewLine(maxDelayedBytes)
 	return e
 }

@@ -31,7 +31,8 @@ func (d *discardDevice) Read([][]byte, []int, []tundev.VirtioNetHdr, int) (int, 
 func (d *discardDevice) TryRead([][]byte, []int, []tundev.VirtioNetHdr, int) (int, error) {
 	return 0, nil
 }
-func (d *discardDevice) ReadWaited() bool { return true }
+func (d *discardDevice) ReadWaited() bool      { return true }
+func (d *discardDevice) UDPSegmentation() bool { return false }
 func (d *discardDevice) WritePacket(_ tundev.VirtioNetHdr, pkt [][]byte) error {
 	d.packets.Add(1)
 	for _, s := range pkt {

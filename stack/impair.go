@@ -133,7 +133,7 @@ func isUDP(pkt []byte) bool {
 	if header.IPVersion(pkt) == header.IPv6Version {
 		return len(pkt) >= header.IPv6MinimumSize && header.IPv6(pkt).TransportProtocol() == header.UDPProtocolNumber
 	}
-	return len(pkt) > header.IPv4MinimumSize && header.IPv4(pkt).TransportProtocol() == header.UDPProtocolNumber
+	return len(pkt) >= header.IPv4MinimumSize && header.IPv4(pkt).TransportProtocol() == header.UDPProtocolNumber
 }
 
 // validChecksum6 verifies the TCP or UDP checksum of an IPv6 packet that

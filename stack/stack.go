@@ -161,8 +161,8 @@ func New(cfg Config) (*Stack, error) {
 
 	s.link = newLinkEndpoint(cfg.Device, cfg.Metrics)
 	s.link.gso = !cfg.DisableGSO
-	if cfg.DisableGSO {
-		s.link.udp = nil
+	if s.link.gso && cfg.Device.UDPSegmentation() {
+		s.link.udp = newUDPGSO(s.link.write, cfg.Metrics)
 	}
 	s.link.impair = cfg.Impair
 	if err := gv.CreateNICWithOptions(tunNIC, s.link, stack.NICOptions{Name: cfg.Device.Name()}); err != nil {

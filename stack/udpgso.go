@@ -224,21 +224,14 @@ func udpGSOParts(vnet tundev.VirtioNetHdr, pkt [][]byte) ([]byte, int, bool) {
 }
 
 // isUDPPacket reports whether pkt, as the stack hands it over (headers in
-// the first view), is an IPv4 or IPv6 packet carrying UDP, a fragment of
-// one included.
+// the first view), is a UDP datagram or a fragment that may be one: what
+// has to follow the datagrams of its flow held before it.
 func isUDPPacket(pkt [][]byte) bool {
 	if len(pkt) == 0 {
 		return false
 	}
-	ip := pkt[0]
-	switch {
-	case len(ip) >= header.IPv4MinimumSize && header.IPVersion(ip) == header.IPv4Version:
-		return header.IPv4(ip).TransportProtocol() == header.UDPProtocolNumber
-	case len(ip) >= header.IPv6MinimumSize && header.IPVersion(ip) == header.IPv6Version:
-		// A fragment's next header is the fragment header; it has to
-		// follow held datagrams of its flow as much as a datagram.
-		next := header.IPv6(ip).TransportProtocol()
-		return next == header.UDPProtocolNumber || next == header.IPv6FragmentHeader
-	}
-	return false
+	// isUDP covers IPv4 fragments (the protocol field says UDP in each);
+	// an IPv6 fragment's next header is the fragment header.
+	return isUDP(pkt[0]) || len(pkt[0]) >= header.IPv6MinimumSize && header.IPVersion(pkt[0]) == header.IPv6Version &&
+		header.IPv6(pkt[0]).TransportProtocol() == header.IPv6FragmentHeader
 }

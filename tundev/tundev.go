@@ -91,6 +91,10 @@ type Device interface {
 	// waited for a packet: if it did not, more are likely queued behind
 	// the one it read.
 	ReadWaited() bool
+	// UDPSegmentation reports whether WritePacket takes UDP GSO packets
+	// (VirtioNetHdrGSOUDPL4), which the kernel splits into their
+	// datagrams.
+	UDPSegmentation() bool
 	// WritePacket writes one packet, the concatenation of pkt, preceded by
 	// vnet, which tells the kernel what it still has to do to the packet
 	// (complete its checksum, treat it as a GSO super-packet). The packet

@@ -171,8 +171,8 @@ func (d *kernelDevice) TryRead(bufs [][]byte, sizes []int, hdrs []VirtioNetHdr, 
 	return d.read(bufs, sizes, hdrs, offset, false)
 }
 
-// UDPSegmentation reports whether WritePacket takes UDP GSO packets
-// (VirtioNetHdrGSOUDPL4): the kernel splits them into their datagrams.
+// UDPSegmentation implements Device.UDPSegmentation: TUN_F_USO4 and
+// USO6 are on.
 func (d *kernelDevice) UDPSegmentation() bool { return d.uso }
 
 // ReadWaited implements Device.ReadWaited.

@@ -77,6 +77,10 @@ func (d *Device) TryRead(bufs [][]byte, sizes []int, hdrs []tundev.VirtioNetHdr,
 // ReadWaited implements tundev.Device.ReadWaited.
 func (d *Device) ReadWaited() bool { return d.waited.Load() }
 
+// UDPSegmentation implements tundev.Device.UDPSegmentation: this device
+// delivers what it is given as one packet, so it takes no UDP GSO packets.
+func (d *Device) UDPSegmentation() bool { return false }
+
 func (d *Device) read(bufs [][]byte, sizes []int, hdrs []tundev.VirtioNetHdr, offset int, wait bool) (int, error) {
 	d.mu.Lock()
 	next := d.next
