@@ -303,15 +303,11 @@ func TestImpairReset(t *testing.T) {
 		})
 		t.Run("duration", func(t *testing.T) {
 			l := e.ns.listen(t, "tcp", "127.0.0.1:7005")
-			accepted := make(chan net.Conn, 1)
-			go func() {
-				c, _ := l.Accept()
-				accepted <- c
-			}()
+			accepted := acceptOne(t, l)
 			start := time.Now()
 			c := e.ns.mustDial(t, "tcp", "127.0.0.1:7005")
-			sc := <-accepted
-			if sc == nil {
+			sc, ok := <-accepted
+			if !ok {
 				t.Fatal("accept failed")
 			}
 			defer sc.Close()

@@ -46,15 +46,7 @@ func TestIPv6(t *testing.T) {
 	bothModes(t, func(t *testing.T, e *env) {
 		t.Run("tcp", func(t *testing.T) {
 			l := e.ns.listen(t, "tcp6", "[::]:0")
-			accepted := make(chan net.Conn, 1)
-			go func() {
-				c, err := l.Accept()
-				if err != nil {
-					close(accepted)
-					return
-				}
-				accepted <- c
-			}()
+			accepted := acceptOne(t, l)
 			before := e.snapshot(t)
 			c := e.ns.mustDial(t, "tcp6", loopback6(portOf(l.Addr())))
 			s, ok := <-accepted
@@ -118,17 +110,10 @@ func TestIPv6(t *testing.T) {
 		})
 		t.Run("tcp-reset", func(t *testing.T) {
 			l := e.ns.listen(t, "tcp6", "[::]:0")
-			accepted := make(chan net.Conn, 1)
-			go func() {
-				c, err := l.Accept()
-				if err == nil {
-					accepted <- c
-				}
-				close(accepted)
-			}()
+			accepted := acceptOne(t, l)
 			c := e.ns.mustDial(t, "tcp6", loopback6(portOf(l.Addr())))
-			s := <-accepted
-			if s == nil {
+			s, ok := <-accepted
+			if !ok {
 				t.Fatal("accept failed")
 			}
 			defer s.Close()
@@ -229,19 +214,12 @@ func TestIPv6(t *testing.T) {
 			if err := e.ns.do(func() (err error) { l, err = lc.Listen(context.Background(), "tcp6", "[::1]:0"); return err }); err != nil {
 				t.Fatal(err)
 			}
-			accepted := make(chan net.Conn, 1)
-			go func() {
-				c, err := l.Accept()
-				if err == nil {
-					accepted <- c
-				}
-				close(accepted)
-			}()
+			accepted := acceptOne(t, l)
 			defer l.Close()
 			before := e.snapshot(t)
 			c := e.ns.mustDial(t, "tcp6", l.Addr().String())
-			s := <-accepted
-			if s == nil {
+			s, ok := <-accepted
+			if !ok {
 				t.Fatal("accept failed")
 			}
 			defer s.Close()
