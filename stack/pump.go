@@ -29,19 +29,28 @@ const pumpLinger = 10 * time.Millisecond
 // pumpLinger), then goes away, and looks once more after saying so, so that
 // an event that came in between is not lost.
 type pump struct {
-	src conn
-	// drain reads src until it would block (false) or until this
-	// direction of the flow has ended (true).
-	drain func() (ended bool)
-	// finish runs once, on the pump's goroutine, after drain reported the
-	// end.
-	finish func()
+	src  conn
+	pipe pipe
 
 	state atomic.Int32 // pumpIdle, pumpRunning or pumpDone
 	entry waiter.Entry
-	// wake carries events to a running goroutine while it lingers.
-	wake  chan struct{}
+	// wake carries events to the goroutine while it lingers; it exists
+	// only while the goroutine does (nil when idle), as the timer does.
+	wake  atomic.Pointer[chan struct{}]
 	timer *time.Timer
+}
+
+// A pipe is the work a pump does: one direction of a flow. The pipe types
+// embed their pump and hold what they copy to, so a flow's pipes are a few
+// plain structs rather than closures, channels and waiter entries: that is
+// memory every idle connection holds.
+type pipe interface {
+	// drain reads src until it would block (false) or until this
+	// direction of the flow has ended (true).
+	drain() (ended bool)
+	// finish runs once, on the pump's goroutine, after drain reported the
+	// end.
+	finish()
 }
 
 const (
@@ -53,9 +62,10 @@ const (
 // pumpEvents are the events that give a pump something to do.
 const pumpEvents = waiter.ReadableEvents | waiter.EventHUp | waiter.EventErr
 
-// start registers for src's events and drains what is already there.
-func (p *pump) start() {
-	p.wake = make(chan struct{}, 1)
+// start registers for src's events and drains what is already there; pipe
+// is what the pump runs.
+func (p *pump) start(src conn, pipe pipe) {
+	p.src, p.pipe = src, pipe
 	p.entry.Init(p, pumpEvents)
 	p.src.wq.EventRegister(&p.entry)
 	p.kick()
@@ -70,43 +80,52 @@ func (p *pump) kick() {
 		go p.run()
 		return
 	}
-	select {
-	case p.wake <- struct{}{}:
-	default:
+	// Running, or just stopped: one that has stopped looks at src
+	// again after the store that made it idle (see run).
+	if wake := p.wake.Load(); wake != nil {
+		select {
+		case *wake <- struct{}{}:
+		default:
+		}
 	}
 }
 
 func (p *pump) run() {
+	wake := make(chan struct{}, 1)
+	p.wake.Store(&wake)
 	for {
-		if p.drain() {
+		if p.pipe.drain() {
 			p.state.Store(pumpDone)
 			p.src.wq.EventUnregister(&p.entry)
-			p.finish()
+			p.pipe.finish()
 			return
 		}
-		if p.linger() {
+		if p.linger(wake) {
 			continue
 		}
-		// The timer has fired; an idle pump keeps none.
+		// The timer has fired; an idle pump keeps neither it nor the
+		// channel.
 		p.timer = nil
+		p.wake.Store(nil)
 		p.state.Store(pumpIdle)
 		// An event between drain's last read and the store above found
 		// the pump running and started nothing: look again.
 		if p.src.ep.Readiness(pumpEvents) == 0 || !p.state.CompareAndSwap(pumpIdle, pumpRunning) {
 			return
 		}
+		p.wake.Store(&wake)
 	}
 }
 
 // linger waits up to pumpLinger for an event; false if none came.
-func (p *pump) linger() bool {
+func (p *pump) linger(wake chan struct{}) bool {
 	if p.timer == nil {
 		p.timer = time.NewTimer(pumpLinger)
 	} else {
 		p.timer.Reset(pumpLinger)
 	}
 	select {
-	case <-p.wake:
+	case <-wake:
 		p.timer.Stop()
 		return true
 	case <-p.timer.C:

@@ -259,6 +259,9 @@ type tcpFlow struct {
 	stats          flowStats
 	// reset is set once an impairment rule has reset the flow.
 	reset atomic.Bool
+	// pipes copy a to b and b to a; open counts those still running.
+	pipes [2]tcpPipe
+	open  atomic.Int32
 }
 
 func (f *tcpFlow) info() Flow {
@@ -331,22 +334,11 @@ func (r *relay) handleTCP(req *tcp.ForwarderRequest) {
 	r.metrics.TCPConnections.Add(1)
 	r.metrics.TCPConnectionsActive.Add(1)
 	r.wg.Add(2)
-	var pipes atomic.Int32
-	pipes.Store(2)
-	done := func() {
-		// Close only when both directions are finished: after a
-		// half-close the other direction goes on.
-		if pipes.Add(-1) == 0 {
-			f.a.ep.Close()
-			f.b.ep.Close()
-			r.untrack(f)
-			r.release()
-			r.metrics.TCPConnectionsActive.Add(-1)
-		}
-		r.wg.Done()
-	}
-	r.startTCPPump(f, f.a, f.b, done)
-	r.startTCPPump(f, f.b, f.a, done)
+	f.open.Store(2)
+	f.pipes[0] = tcpPipe{r: r, f: f, dst: f.b}
+	f.pipes[1] = tcpPipe{r: r, f: f, dst: f.a}
+	f.pipes[0].start(f.a, &f.pipes[0])
+	f.pipes[1].start(f.b, &f.pipes[1])
 }
 
 // dialTCP connects the mirrored tuple of a flow from client to server
@@ -402,52 +394,73 @@ func (r *relay) retireTimeWait(from, to tcpip.FullAddress) {
 	}
 }
 
-// startTCPPump starts the pump that copies src to dst until src's peer
-// closes its write side (then it shuts dst's write side, carrying the
-// half-close) or either side fails (then it aborts the flow, so a RST on one
-// side becomes a RST on the other); done runs when it has.
-func (r *relay) startTCPPump(f *tcpFlow, src, dst conn, done func()) {
-	writable, stopOut := dst.notify(waiter.WritableEvents | waiter.EventHUp | waiter.EventErr)
-	var rd bytes.Reader
-	p := &pump{src: src, finish: func() { stopOut(); done() }}
-	p.drain = func() bool {
-		for {
-			bp, n, err := r.read(src)
-			switch err.(type) {
-			case nil:
-			case *tcpip.ErrWouldBlock:
-				return false
-			case *tcpip.ErrClosedForReceive:
-				dst.ep.Shutdown(tcpip.ShutdownWrite)
-				return true
-			default:
-				f.abort()
-				return true
-			}
-			f.stats.count(f.a, src, n)
-			if rules := r.cfg.Impair.Active(); rules != nil {
-				if keep, rule := f.resetAfterBytes(rules, src, n); rule != nil {
-					f.stats.count(f.a, src, keep-n) // what is not relayed is not counted
-					writeAll(dst, (*bp)[:keep], &rd, writable)
-					r.bufs.Put(bp)
-					r.resetFlow(f, rule, resetSettle)
-					return true
-				}
-			}
-			ok := writeAll(dst, (*bp)[:n], &rd, writable)
-			r.bufs.Put(bp)
-			if !ok {
-				f.abort()
+// tcpPipe copies one direction of a TCP flow, from its pump's src to dst,
+// until src's peer closes its write side (then it shuts dst's write side,
+// carrying the half-close) or either side fails (then it aborts the flow, so
+// a RST on one side becomes a RST on the other).
+type tcpPipe struct {
+	pump
+	r   *relay
+	f   *tcpFlow
+	dst conn
+	rd  bytes.Reader
+}
+
+func (p *tcpPipe) drain() bool {
+	r, f, src, dst := p.r, p.f, p.src, p.dst
+	for {
+		bp, n, err := r.read(src)
+		switch err.(type) {
+		case nil:
+		case *tcpip.ErrWouldBlock:
+			return false
+		case *tcpip.ErrClosedForReceive:
+			dst.ep.Shutdown(tcpip.ShutdownWrite)
+			return true
+		default:
+			f.abort()
+			return true
+		}
+		f.stats.count(f.a, src, n)
+		if rules := r.cfg.Impair.Active(); rules != nil {
+			if keep, rule := f.resetAfterBytes(rules, src, n); rule != nil {
+				f.stats.count(f.a, src, keep-n) // what is not relayed is not counted
+				writeAll(dst, (*bp)[:keep], &p.rd)
+				r.bufs.Put(bp)
+				r.resetFlow(f, rule, resetSettle)
 				return true
 			}
 		}
+		ok := writeAll(dst, (*bp)[:n], &p.rd)
+		r.bufs.Put(bp)
+		if !ok {
+			f.abort()
+			return true
+		}
 	}
-	p.start()
+}
+
+// finish closes the flow once both directions are finished: after a
+// half-close the other direction goes on.
+func (p *tcpPipe) finish() {
+	r, f := p.r, p.f
+	if f.open.Add(-1) == 0 {
+		f.a.ep.Close()
+		f.b.ep.Close()
+		r.untrack(f)
+		r.release()
+		r.metrics.TCPConnectionsActive.Add(-1)
+	}
+	r.wg.Done()
 }
 
 // writeAll writes data into dst's send buffer, waiting for room as needed;
-// false means dst failed.
-func writeAll(dst conn, data []byte, rd *bytes.Reader, writable <-chan struct{}) bool {
+// false means dst failed. It registers for dst's events only once dst is
+// full, so that an idle flow holds no waiter entry and channel for it, and
+// tries once more after registering: room made in between would otherwise
+// wake nobody.
+func writeAll(dst conn, data []byte, rd *bytes.Reader) bool {
+	var writable <-chan struct{}
 	for len(data) > 0 {
 		rd.Reset(data)
 		n, err := dst.ep.Write(rd, tcpip.WriteOptions{})
@@ -455,6 +468,12 @@ func writeAll(dst conn, data []byte, rd *bytes.Reader, writable <-chan struct{})
 		switch err.(type) {
 		case nil:
 		case *tcpip.ErrWouldBlock:
+			if writable == nil {
+				var stop func()
+				writable, stop = dst.notify(waiter.WritableEvents | waiter.EventHUp | waiter.EventErr)
+				defer stop()
+				continue
+			}
 			<-writable
 		default:
 			return false
@@ -599,7 +618,8 @@ func (r *relay) handleUDP(req *udp.ForwarderRequest) bool {
 		r.wg.Done()
 	}
 	for _, p := range ps {
-		r.startUDPPump(f, p[0], p[1], done)
+		up := &udpPipe{r: r, f: f, dst: p[1], done: done}
+		up.start(p[0], up)
 	}
 	return true
 }
@@ -619,47 +639,54 @@ func (r *relay) expireUDP(f *udpFlow) {
 	}
 }
 
-// startUDPPump starts the pump that copies datagrams from src to dst, one
-// Write per datagram so that boundaries are kept, until the flow ends; done
-// runs when it has.
-func (r *relay) startUDPPump(f *udpFlow, src, dst conn, done func()) {
-	var rd bytes.Reader
-	p := &pump{src: src, finish: done}
-	p.drain = func() bool {
-		if r.udpGSO != nil {
-			r.udpGSO.begin()
-			defer r.udpGSO.end()
-		}
-		for {
-			bp, n, err := r.read(src)
-			switch err.(type) {
-			case nil:
-			case *tcpip.ErrWouldBlock:
-				return false
-			case *tcpip.ErrClosedForReceive, *tcpip.ErrInvalidEndpointState:
-				return true
-			case *tcpip.ErrConnectionRefused:
-				// An ICMP error that reached the endpoint does not end
-				// the flow, as it does not end a connected kernel socket.
-				continue
-			default:
-				r.log.Debug("udp relay read failed", "err", err)
-				f.end()
-				return true
-			}
-			f.touch()
-			f.stats.count(f.a, src, n)
-			rd.Reset((*bp)[:n])
-			// Like any UDP sender, drop the datagram if it does not fit
-			// now.
-			if _, err := dst.ep.Write(&rd, tcpip.WriteOptions{}); err != nil {
-				r.metrics.DroppedPackets.Add(1)
-			}
-			r.bufs.Put(bp)
-		}
-	}
-	p.start()
+// udpPipe copies datagrams from its pump's src to dst, one Write per
+// datagram so that boundaries are kept, until the flow ends; done runs when
+// it has.
+type udpPipe struct {
+	pump
+	r    *relay
+	f    *udpFlow
+	dst  conn
+	rd   bytes.Reader
+	done func()
 }
+
+func (p *udpPipe) drain() bool {
+	r, f, src, dst := p.r, p.f, p.src, p.dst
+	if r.udpGSO != nil {
+		r.udpGSO.begin()
+		defer r.udpGSO.end()
+	}
+	for {
+		bp, n, err := r.read(src)
+		switch err.(type) {
+		case nil:
+		case *tcpip.ErrWouldBlock:
+			return false
+		case *tcpip.ErrClosedForReceive, *tcpip.ErrInvalidEndpointState:
+			return true
+		case *tcpip.ErrConnectionRefused:
+			// An ICMP error that reached the endpoint does not end
+			// the flow, as it does not end a connected kernel socket.
+			continue
+		default:
+			r.log.Debug("udp relay read failed", "err", err)
+			f.end()
+			return true
+		}
+		f.touch()
+		f.stats.count(f.a, src, n)
+		p.rd.Reset((*bp)[:n])
+		// Like any UDP sender, drop the datagram if it does not fit
+		// now.
+		if _, err := dst.ep.Write(&p.rd, tcpip.WriteOptions{}); err != nil {
+			r.metrics.DroppedPackets.Add(1)
+		}
+		r.bufs.Put(bp)
+	}
+}
+
+func (p *udpPipe) finish() { p.done() }
 
 func fmtAddr(a tcpip.FullAddress) string {
 	return net.JoinHostPort(a.Addr.String(), strconv.Itoa(int(a.Port)))
