@@ -131,6 +131,17 @@ func TestQuickRunEndToEnd(t *testing.T) {
 			if err := checkIperfMode(c.Name, r.Raw); err != nil {
 				t.Errorf("case %s, %s run: %v", c.Name, r.Side, err)
 			}
+			if err := checkWork(bc, r, rep.Config); err != nil {
+				t.Errorf("case %s, %s run: %v", c.Name, r.Side, err)
+			}
+		}
+		if bc.Work != nil {
+			if u := c.DaemonCPUPerUnit; c.WorkUnit == nil || c.WorkUnit.CPUUnit != bc.Work.CPUUnit || u.N != 1 || u.Median < 0 {
+				t.Errorf("case %s: work unit %+v, CPU per unit %+v; want %q and one figure", c.Name, c.WorkUnit, u, bc.Work.CPUUnit)
+			}
+			if row := "| CPU per run, " + bc.Name + " | "; !strings.Contains(md, row) || !strings.Contains(md[strings.Index(md, row):], " "+bc.Work.CPUUnit+" |") {
+				t.Errorf("case %s: no row %q ending in %q in the Markdown", c.Name, row, bc.Work.CPUUnit)
+			}
 		}
 		if sides["kernel"] != 1 || sides["uloop"] != 1 {
 			t.Errorf("case %s: got runs %v, want one per side", c.Name, sides)
@@ -154,6 +165,58 @@ func TestQuickRunEndToEnd(t *testing.T) {
 			t.Errorf("chart %s: got %v, want a non-empty file", name, err)
 		}
 	}
+}
+
+// checkWork checks a run's work against the figures it reported: the bytes
+// of an iperf3 case against its received rate over --time, round trips and
+// connections against their rate over --time (plus the warm-up), echo
+// replies against --pings; and, on the uloop side, that uloopd's CPU per
+// unit is its CPU over that work.
+func checkWork(bc benchCase, r runRecord, cfg configRecord) error {
+	if bc.Work == nil {
+		return nil
+	}
+	if r.Work == nil || *r.Work <= 0 {
+		return fmt.Errorf("work %v, want a positive count of %s", r.Work, bc.Work.Name)
+	}
+	w, T := *r.Work, cfg.DurationSecs
+	var lo, hi float64 // the range the work must be in
+	switch *bc.Work {
+	case workBytes:
+		// iperf3's receiver runs for about T.
+		rate := r.Values["gbps"] * 1e9 / 8
+		lo, hi = rate*T*0.9, rate*T*1.2
+	case workRoundTrips, workConns:
+		warm := float64(crrWarmUp)
+		if *bc.Work == workRoundTrips {
+			warm = float64(rrWarmUp)
+			if strings.Contains(bc.Command, "-conns 16") {
+				warm *= 16
+			}
+		}
+		rate := r.Values["per_s"]
+		lo, hi = rate*T*0.95+warm, rate*T*1.05+warm
+	case workEchoes:
+		lo, hi = float64(cfg.Pings), float64(cfg.Pings)
+	default:
+		return fmt.Errorf("work unit %+v: not checked here", *bc.Work)
+	}
+	if w < lo || w > hi {
+		return fmt.Errorf("work %v %s, want %v to %v from the figures %v", w, bc.Work.Name, lo, hi, r.Values)
+	}
+	if r.Side != "uloop" {
+		if r.DaemonCPUPerUnit != nil {
+			return fmt.Errorf("kernel run with uloopd CPU per unit %v", *r.DaemonCPUPerUnit)
+		}
+		return nil
+	}
+	if r.DaemonCPUSeconds == nil || r.DaemonCPUPerUnit == nil {
+		return fmt.Errorf("uloopd CPU %v, per unit %v: want both", r.DaemonCPUSeconds, r.DaemonCPUPerUnit)
+	}
+	if want := *r.DaemonCPUSeconds / w * bc.Work.Scale; !near(*r.DaemonCPUPerUnit, want) {
+		return fmt.Errorf("uloopd CPU per unit %v, want %v s / %v x %g = %v", *r.DaemonCPUPerUnit, *r.DaemonCPUSeconds, w, bc.Work.Scale, want)
+	}
+	return nil
 }
 
 // checkIperfMode checks, from iperf3's own "end" object, that an iperf3 case

@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"time"
 
@@ -91,16 +92,27 @@ type caseRecord struct {
 	Summary map[string]metricSummary `json:"summary"` // by metric key
 	// DaemonCPU is uloopd's CPU seconds per uloop run.
 	DaemonCPU spread `json:"uloopd_cpu_seconds"`
+	// WorkUnit is what each run's Work counts, nil if the case counts
+	// none; DaemonCPUPerUnit summarizes the uloop runs' CPU per unit of
+	// it, in WorkUnit.CPUUnit.
+	WorkUnit         *workUnit `json:"work_unit,omitempty"`
+	DaemonCPUPerUnit spread    `json:"uloopd_cpu_per_unit"`
 }
 
 // runRecord is one run of one case on one side.
 type runRecord struct {
-	Side             string             `json:"side"`
-	Rep              int                `json:"rep"`
-	Started          time.Time          `json:"started"`
-	WallSeconds      float64            `json:"wall_seconds"`
-	Values           map[string]float64 `json:"values,omitempty"`
-	DaemonCPUSeconds *float64           `json:"uloopd_cpu_seconds,omitempty"`
+	Side        string             `json:"side"`
+	Rep         int                `json:"rep"`
+	Started     time.Time          `json:"started"`
+	WallSeconds float64            `json:"wall_seconds"`
+	Values      map[string]float64 `json:"values,omitempty"`
+	// Work is how much the run did, in units of the case's work_unit
+	// (bytes received, round trips, ...), as the tool counted it.
+	Work             *float64 `json:"work,omitempty"`
+	DaemonCPUSeconds *float64 `json:"uloopd_cpu_seconds,omitempty"`
+	// DaemonCPUPerUnit is DaemonCPUSeconds over Work, in the case's
+	// work_unit.cpu_unit (s per GB, µs per round trip, ...).
+	DaemonCPUPerUnit *float64 `json:"uloopd_cpu_per_unit,omitempty"`
 	// DaemonTUNPackets is what uloopd read from ulo0 during the run
 	// (uloop_tun_rx_packets_total); a uloop run without any failed.
 	DaemonTUNPackets *float64 `json:"uloopd_tun_rx_packets,omitempty"`
@@ -143,7 +155,7 @@ func newReport(cfg config) *report {
 }
 
 // summarize computes each metric's spread per side and the pair ratios, and
-// uloopd's CPU per run.
+// uloopd's CPU per run and per unit of work.
 func (c *caseRecord) summarize() {
 	c.Summary = map[string]metricSummary{}
 	var cpu []float64
@@ -168,12 +180,17 @@ func (c *caseRecord) summarize() {
 			Ratio:      spreadOf(rs),
 		}
 	}
+	var perUnit []float64
 	for _, r := range c.Runs {
 		if r.Side == "uloop" && r.DaemonCPUSeconds != nil {
 			cpu = append(cpu, *r.DaemonCPUSeconds)
 		}
+		if r.Side == "uloop" && r.DaemonCPUPerUnit != nil && r.Error == "" {
+			perUnit = append(perUnit, *r.DaemonCPUPerUnit)
+		}
 	}
 	c.DaemonCPU = spreadOf(cpu)
+	c.DaemonCPUPerUnit = spreadOf(perUnit)
 }
 
 func pick(xs []float64, ok []bool) []float64 {
@@ -247,21 +264,21 @@ func (r *report) markdown() string {
 		fmt.Fprintf(&b, "| CPU (utime+stime) over the uloop runs of the TCP cases | %.2f s in %.1f s (%.0f%% of one core) |\n",
 			d.CPUSecondsTCP, d.TCPWallSeconds, 100*d.CPUSecondsTCP/d.TCPWallSeconds)
 	}
+	perUnit := false
 	for _, c := range r.Cases {
-		if c.DaemonCPU.N == 0 {
-			continue
+		if row := c.daemonCPURow(); row != "" {
+			b.WriteString(row)
+			perUnit = perUnit || c.DaemonCPUPerUnit.N > 0
 		}
-		wall := 0.0
-		for _, run := range c.Runs {
-			if run.Side == "uloop" && run.DaemonCPUSeconds != nil {
-				wall += run.WallSeconds
-			}
-		}
-		fmt.Fprintf(&b, "| CPU per run, %s | %.2f s (%s) |\n", c.Name, c.DaemonCPU.Median,
-			fmt.Sprintf("%.0f%% of one core", 100*c.DaemonCPU.Median*float64(c.DaemonCPU.N)/wall))
 	}
 	fmt.Fprintf(&b, "| peak RSS (VmHWM) | %.1f MiB |\n", float64(d.PeakRSSKiB)/1024)
 	fmt.Fprintf(&b, "| ready after start | %.2f s |\n", d.ReadySeconds)
+	if perUnit {
+		b.WriteString("\nCPU per run: the median over the uloop runs, and its share of one core over their wall time. " +
+			"After it, uloopd's CPU per unit of the work each run did, median (min–max) over the uloop runs: " +
+			"per GB received by iperf3's receiver (1 GB = 10^9 bytes), per round trip or connection the Go client completed (its warm-up included), " +
+			"per echo reply ping received. Lower is better; it is the figure to compare two uloopd builds with (`--uloopd`).\n")
+	}
 	if len(r.Warnings) > 0 {
 		fmt.Fprintf(&b, "\n**Warning**: %d run(s) saw what a loopback never does; their figures are in the table:\n\n", len(r.Warnings))
 		for _, w := range r.Warnings {
@@ -275,6 +292,33 @@ func (r *report) markdown() string {
 		}
 	}
 	return b.String()
+}
+
+// daemonCPURow is the uloopd table's row for c: uloopd's CPU per uloop
+// run, as a share of one core, and per unit of work if c counts it; "" if
+// no uloop run has a CPU figure.
+func (c *caseRecord) daemonCPURow() string {
+	if c.DaemonCPU.N == 0 {
+		return ""
+	}
+	wall := 0.0
+	for _, run := range c.Runs {
+		if run.Side == "uloop" && run.DaemonCPUSeconds != nil {
+			wall += run.WallSeconds
+		}
+	}
+	cell := fmt.Sprintf("%.2f s", c.DaemonCPU.Median)
+	if wall > 0 {
+		cell += fmt.Sprintf(" (%.0f%% of one core)", 100*c.DaemonCPU.Median*float64(c.DaemonCPU.N)/wall)
+	}
+	if c.WorkUnit != nil && c.DaemonCPUPerUnit.N > 0 {
+		u := c.DaemonCPUPerUnit
+		cell += fmt.Sprintf("; %s %s", fmtSig3(u.Median), c.WorkUnit.CPUUnit)
+		if u.N > 1 {
+			cell += fmt.Sprintf(" (%s–%s)", fmtSig3(u.Min), fmtSig3(u.Max))
+		}
+	}
+	return fmt.Sprintf("| CPU per run, %s | %s |\n", c.Name, cell)
 }
 
 func fmtSpread(m metric, s spread) string {
@@ -312,6 +356,17 @@ func fmtNum(v float64) string {
 		return fmt.Sprintf("%.2f", v)
 	}
 	return fmt.Sprintf("%.3g", v)
+}
+
+// fmtSig3 is fmtNum, but below 1 it keeps three significant digits with
+// their trailing zeros (0.900, not 0.9), so that figures to be compared
+// line up.
+func fmtSig3(v float64) string {
+	a := math.Abs(v)
+	if a == 0 || a >= 1 || math.IsInf(a, 0) || math.IsNaN(a) {
+		return fmtNum(v)
+	}
+	return strconv.FormatFloat(v, 'f', 2-int(math.Floor(math.Log10(a))), 64)
 }
 
 func firstField(s string) string {
