@@ -26,6 +26,13 @@ type metric struct {
 	MayBeZero bool `json:"may_be_zero,omitempty"`
 	// Integer figures print without decimals.
 	Integer bool `json:"integer,omitempty"`
+	// Optional marks a figure a run may lack (a metric an older uloopd
+	// does not export); the run stands without it.
+	Optional bool `json:"optional,omitempty"`
+	// Target is an absolute goal for uloop's figure (at most this when
+	// lower is better, at least when higher), for a case with no kernel
+	// side to compare with; 0 if none.
+	Target float64 `json:"target,omitempty"`
 	// Chart is the bar's label on the chart; empty if not charted.
 	Chart string `json:"chart,omitempty"`
 }
@@ -82,6 +89,14 @@ type benchCase struct {
 	Metrics []metric
 	// TCP cases make up the daemon CPU total.
 	TCP bool
+	// UloopOnly cases have no kernel side, hence no ratio, and bring
+	// their own namespace and uloopd: they run once per --runs, on the
+	// uloop side, and the shared uloopd's CPU and packets are not read
+	// around them.
+	UloopOnly bool
+	// note, if set, says under the report's table what the case's
+	// figures are, for a case the columns do not explain (uloop only).
+	note func(cfg configRecord) string
 	// Work is what the case counts as its work (run's runOutput.Work);
 	// nil if it counts none.
 	Work *workUnit
@@ -202,6 +217,7 @@ var cases = []benchCase{
 			return runOutput{Values: map[string]float64{"per_s": r.PerSecond, "failed": float64(r.Failed)}, Work: float64(r.Connections + r.WarmUpConnections), Raw: r}, err
 		},
 	},
+	tcpIdleCase,
 }
 
 // A warning from a case's run keeps the run's figures: something went wrong
@@ -241,10 +257,17 @@ func (h *harness) runCases(ctx context.Context, rep *report) int {
 	sel := h.selectedCases()
 	status := 0
 	for ci, c := range sel {
-		rec := &caseRecord{Name: c.Name, Title: c.Title, Command: c.Command, TCP: c.TCP, Metrics: c.Metrics, WorkUnit: c.Work}
+		rec := &caseRecord{Name: c.Name, Title: c.Title, Command: c.Command, TCP: c.TCP, UloopOnly: c.UloopOnly, Metrics: c.Metrics, WorkUnit: c.Work}
+		if c.note != nil {
+			rec.Note = c.note(rep.Config)
+		}
 		rep.Cases = append(rep.Cases, rec)
+		sides := []*netNS{h.kernel, h.uloop}
+		if c.UloopOnly {
+			sides = sides[1:]
+		}
 		for r := 1; r <= h.cfg.runs; r++ {
-			for _, n := range []*netNS{h.kernel, h.uloop} {
+			for _, n := range sides {
 				if ctx.Err() != nil {
 					return status
 				}
@@ -276,13 +299,15 @@ func (h *harness) runCases(ctx context.Context, rep *report) int {
 
 // runOne runs case c once in n, with uloopd's CPU time and the packets it
 // read from ulo0 around it on the uloop side, and the CPU per unit of the
-// work the run did.
+// work the run did. A uloop-only case brings its own uloopd, so the shared
+// one is not read around it.
 func (h *harness) runOne(ctx context.Context, c benchCase, n *netNS, rep int) runRecord {
 	rec := runRecord{Side: n.side, Rep: rep, Started: time.Now().UTC()}
 	var cpu0 time.Duration
 	var cpuErr, rxErr error
 	var rx0 float64
-	if n == h.uloop {
+	shared := n == h.uloop && !c.UloopOnly // the shared uloopd carries the run
+	if shared {
 		if h.daemon.p.Exited() {
 			rec.Error = fmt.Sprintf("uloopd is no longer running: %v", h.daemon.exitErr())
 			return rec
@@ -293,13 +318,13 @@ func (h *harness) runOne(ctx context.Context, c benchCase, n *netNS, rep int) ru
 	out, err := c.run(ctx, h, n)
 	rec.WallSeconds = time.Since(rec.Started).Seconds()
 	rec.Raw = out.Raw
-	if n == h.uloop && cpuErr == nil {
+	if shared && cpuErr == nil {
 		if cpu1, err := procCPU(h.daemon.p.Pid()); err == nil {
 			s := (cpu1 - cpu0).Seconds()
 			rec.DaemonCPUSeconds = &s
 		}
 	}
-	if n == h.uloop && err == nil {
+	if shared && err == nil {
 		// A uloop figure is uloop's only if the traffic crossed ulo0.
 		rx1, err1 := h.tunPackets(ctx)
 		if err = errors.Join(rxErr, err1); err == nil {
@@ -359,6 +384,7 @@ func checkValues(ms []metric, vals map[string]float64) error {
 	for _, m := range ms {
 		v, ok := vals[m.Key]
 		switch {
+		case !ok && m.Optional:
 		case !ok:
 			errs = append(errs, fmt.Errorf("no %s figure", m.Label))
 		case v < 0 || (v == 0 && !m.MayBeZero):
@@ -371,7 +397,9 @@ func checkValues(ms []metric, vals map[string]float64) error {
 func describe(ms []metric, vals map[string]float64) string {
 	var parts []string
 	for _, m := range ms {
-		parts = append(parts, fmt.Sprintf("%s %s %s", m.Label, m.format(vals[m.Key]), m.Unit))
+		if v, ok := vals[m.Key]; ok {
+			parts = append(parts, fmt.Sprintf("%s %s %s", m.Label, m.format(v), m.Unit))
+		}
 	}
 	return strings.Join(parts, ", ")
 }

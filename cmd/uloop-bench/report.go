@@ -6,6 +6,7 @@ import (
 	"bytes"
 	"debug/buildinfo"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math"
 	"os"
@@ -58,6 +59,7 @@ type configRecord struct {
 	Runs         int      `json:"runs"`
 	DurationSecs float64  `json:"duration_seconds"`
 	Pings        int      `json:"pings"`
+	IdleConns    int      `json:"idle_conns"`
 	Quick        bool     `json:"quick"`
 	Cases        []string `json:"cases"`
 	Order        string   `json:"order"`
@@ -83,13 +85,17 @@ type daemonRecord struct {
 }
 
 type caseRecord struct {
-	Name    string                   `json:"name"`
-	Title   string                   `json:"title"`
-	Command string                   `json:"command"`
-	TCP     bool                     `json:"tcp"`
-	Metrics []metric                 `json:"metrics"`
-	Runs    []runRecord              `json:"runs"`
-	Summary map[string]metricSummary `json:"summary"` // by metric key
+	Name    string `json:"name"`
+	Title   string `json:"title"`
+	Command string `json:"command"`
+	TCP     bool   `json:"tcp"`
+	// UloopOnly cases ran on the uloop side alone: no kernel figures,
+	// no ratios; Note says what their figures are.
+	UloopOnly bool                     `json:"uloop_only,omitempty"`
+	Note      string                   `json:"note,omitempty"`
+	Metrics   []metric                 `json:"metrics"`
+	Runs      []runRecord              `json:"runs"`
+	Summary   map[string]metricSummary `json:"summary"` // by metric key
 	// DaemonCPU is uloopd's CPU seconds per uloop run.
 	DaemonCPU spread `json:"uloopd_cpu_seconds"`
 	// WorkUnit is what each run's Work counts, nil if the case counts
@@ -139,7 +145,7 @@ func newReport(cfg config) *report {
 		Started:    time.Now().UTC(),
 		Namespaces: map[string]nsRecord{},
 		Config: configRecord{
-			Runs: cfg.runs, DurationSecs: cfg.duration.Seconds(), Pings: cfg.pings, Quick: cfg.quick,
+			Runs: cfg.runs, DurationSecs: cfg.duration.Seconds(), Pings: cfg.pings, IdleConns: cfg.idleConns, Quick: cfg.quick,
 			Order: "each case: kernel, uloop, kernel, uloop, ... (kernel first in every pair)",
 		},
 		Daemon: daemonRecord{Path: cfg.uloopd},
@@ -239,24 +245,39 @@ func (r *report) markdown() string {
 	b.WriteString("Each side: median (min–max) over its runs. uloop/kernel: the ratio within each back-to-back pair of runs, median (min–max) over the pairs. No ratio for counts that may be 0 (retransmits, loss, failed connections). ↑ higher is better, ↓ lower is better.\n\n")
 	b.WriteString("| Case | Metric | kernel lo | uloop | uloop/kernel |\n")
 	b.WriteString("|---|---|--:|--:|--:|\n")
+	var notes []string
 	for _, c := range r.Cases {
 		for i, mt := range c.Metrics {
 			s := c.Summary[mt.Key]
 			title := ""
 			if i == 0 {
 				title = c.Title
+				if c.UloopOnly {
+					title += " *(uloop only)*"
+				}
 			}
 			arrow := "↓"
 			if mt.Higher {
 				arrow = "↑"
 			}
-			ratio := "–"
-			if !mt.MayBeZero {
+			kernel, ratio := fmtSpread(mt, s.Kernel), "–"
+			switch {
+			case c.UloopOnly:
+				// Nothing to compare with: the kernel column is
+				// empty, the last one the figure's target.
+				kernel, ratio = "–", fmtTarget(mt, s.Uloop)
+			case !mt.MayBeZero:
 				ratio = fmtRatio(s.Ratio)
 			}
 			fmt.Fprintf(&b, "| %s | %s, %s %s | %s | %s | %s |\n", title, mt.Label, mt.Unit, arrow,
-				fmtSpread(mt, s.Kernel), fmtSpread(mt, s.Uloop), ratio)
+				kernel, fmtSpread(mt, s.Uloop), ratio)
 		}
+		if c.Note != "" {
+			notes = append(notes, fmt.Sprintf("- `%s`: %s\n", c.Name, c.Note))
+		}
+	}
+	if len(notes) > 0 {
+		b.WriteString("\n" + strings.Join(notes, ""))
 	}
 	d := r.Daemon
 	b.WriteString("\n| uloopd | |\n|---|--:|\n")
@@ -331,6 +352,26 @@ func fmtSpread(m metric, s spread) string {
 	return fmt.Sprintf("%s (%s–%s)", m.format(s.Median), m.format(s.Min), m.format(s.Max))
 }
 
+// fmtTarget is the last column of a uloop-only figure: its target, if it
+// has one, and whether the median over the runs meets it.
+func fmtTarget(m metric, s spread) string {
+	if m.Target == 0 {
+		return "–"
+	}
+	op, met := "≤", s.Median <= m.Target
+	if m.Higher {
+		op, met = "≥", s.Median >= m.Target
+	}
+	t := fmt.Sprintf("target %s %s", op, strconv.FormatFloat(m.Target, 'f', -1, 64))
+	switch {
+	case s.N == 0:
+		return t
+	case met:
+		return t + ": **met**"
+	}
+	return t + ": **not met**"
+}
+
 func fmtRatio(s spread) string {
 	switch s.N {
 	case 0:
@@ -395,6 +436,16 @@ func (r *report) write(dir, md string) error {
 	written, err := writeCharts(r, dir)
 	if err != nil {
 		return fmt.Errorf("chart: %w", err)
+	}
+	if len(written) == 0 {
+		// Nothing to chart (only uloop-only cases): no chart of an
+		// earlier run may pass for this one's.
+		for _, name := range []string{"bench.png", "bench.svg"} {
+			if err := os.Remove(filepath.Join(dir, name)); err != nil && !errors.Is(err, os.ErrNotExist) {
+				return err
+			}
+		}
+		progress("no chart: no case with a uloop/kernel ratio ran")
 	}
 	progress("wrote %s", strings.Join(append([]string{filepath.Join(dir, "bench.json"), filepath.Join(dir, "bench.md")}, written...), ", "))
 	return nil

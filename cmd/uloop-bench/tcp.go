@@ -79,6 +79,11 @@ func subcommand(args []string) (handled bool, code int) {
 	switch args[0] {
 	case cmdEchoServer:
 		err = echoServer()
+	case cmdTCPIdle:
+		err = tcpIdleMain(args[1:])
+		if errors.Is(err, flag.ErrHelp) {
+			return true, 0
+		}
 	case cmdTCPRR, cmdTCPCRR:
 		fs := flag.NewFlagSet(args[0], flag.ContinueOnError)
 		addr := fs.String("addr", "", "server address")
