@@ -3,8 +3,8 @@
 // Command uloop-bench measures uloop against the kernel's own loopback on
 // the same machine in the same run.
 //
-//	sudo bin/uloop-bench                 # 3 interleaved runs per case, ~3.5 minutes
-//	sudo bin/uloop-bench --quick         # each case once for 2 s, ~30 s
+//	sudo bin/uloop-bench                 # 3 interleaved runs per case, ~4 minutes
+//	sudo bin/uloop-bench --quick         # each case once for 2 s, ~45 s
 //	sudo make bench BENCHFLAGS='--runs 5 --time 10s'
 //
 // It makes two sibling network namespaces, ulb-PID-kernel (only lo, up) and
@@ -14,6 +14,10 @@
 // 2-core machine absolute numbers drift with whatever else runs; a ratio
 // taken between two runs a few seconds apart drifts much less, so the ratio
 // is the figure to quote.
+//
+// tcp-idle is the exception: uloop only, with a namespace and a uloopd of
+// its own per run, it measures uloopd's memory per idle relayed connection
+// against an absolute target.
 //
 // Output: a Markdown table on stdout; in --out (default bench-out/)
 // bench.json (every raw figure, machine and configuration), bench.md (the
