@@ -26,8 +26,57 @@ type metric struct {
 	MayBeZero bool `json:"may_be_zero,omitempty"`
 	// Integer figures print without decimals.
 	Integer bool `json:"integer,omitempty"`
+	// Optional marks a figure a run may lack (a metric an older uloopd
+	// does not export); the run stands without it.
+	Optional bool `json:"optional,omitempty"`
+	// Target is an absolute goal for uloop's figure (at most this when
+	// lower is better, at least when higher), for a case with no kernel
+	// side to compare with; 0 if none.
+	Target float64 `json:"target,omitempty"`
 	// Chart is the bar's label on the chart; empty if not charted.
 	Chart string `json:"chart,omitempty"`
+}
+
+// A workUnit is what a case counts as the work one run did, so that
+// uloopd's CPU over the run can be given per unit of it: a figure that, unlike
+// the CPU of a whole run, does not move with how much work a run happened to
+// get through, and so resolves a small change between two uloopd builds.
+type workUnit struct {
+	// Name is what is counted, plural: "bytes received", "round trips".
+	Name string `json:"name"`
+	// CPUUnit is the unit of uloopd's CPU per unit of work as reported:
+	// "s per GB", "µs per round trip".
+	CPUUnit string `json:"cpu_unit"`
+	// Scale turns CPU seconds per unit of work into CPUUnit: 1e9 for
+	// seconds per GB (1 GB = 1e9 bytes), 1e6 for microseconds per unit.
+	Scale float64 `json:"scale"`
+}
+
+var (
+	workBytes      = workUnit{Name: "bytes received", CPUUnit: "s per GB", Scale: 1e9}
+	workRoundTrips = workUnit{Name: "round trips", CPUUnit: "µs per round trip", Scale: 1e6}
+	workConns      = workUnit{Name: "connections", CPUUnit: "µs per connection", Scale: 1e6}
+	workEchoes     = workUnit{Name: "echo replies", CPUUnit: "µs per echo", Scale: 1e6}
+)
+
+// perUnit is cpuSeconds spent on work units of work, in u.CPUUnit; ok is
+// false when no work was done.
+func (u workUnit) perUnit(cpuSeconds, work float64) (v float64, ok bool) {
+	if work <= 0 || cpuSeconds < 0 {
+		return 0, false
+	}
+	return cpuSeconds / work * u.Scale, true
+}
+
+// runOutput is what one run of a case produced.
+type runOutput struct {
+	// Values are the figures, by metric key.
+	Values map[string]float64
+	// Work is how many units of the case's workUnit the run did, counted
+	// by the tool (never a rate times a time); 0 for a case without one.
+	Work float64
+	// Raw is what the tool reported beyond Values, for the results file.
+	Raw any
 }
 
 // A benchCase is one measurement, run in each namespace in turn.
@@ -40,7 +89,18 @@ type benchCase struct {
 	Metrics []metric
 	// TCP cases make up the daemon CPU total.
 	TCP bool
-	run func(ctx context.Context, h *harness, n *netNS) (values map[string]float64, raw any, err error)
+	// UloopOnly cases have no kernel side, hence no ratio, and bring
+	// their own namespace and uloopd: they run once per --runs, on the
+	// uloop side, and the shared uloopd's CPU and packets are not read
+	// around them.
+	UloopOnly bool
+	// note, if set, says under the report's table what the case's
+	// figures are, for a case the columns do not explain (uloop only).
+	note func(cfg configRecord) string
+	// Work is what the case counts as its work (run's runOutput.Work);
+	// nil if it counts none.
+	Work *workUnit
+	run  func(ctx context.Context, h *harness, n *netNS) (runOutput, error)
 }
 
 var (
@@ -61,10 +121,10 @@ func iperfCommand(args []string) string {
 func iperfTCPCase(name, title, chart string, args ...string) benchCase {
 	return benchCase{
 		Name: name, Title: title, TCP: true, Command: iperfCommand(args),
-		Metrics: []metric{with(mGbps, chart), mRetransmits},
-		run: func(ctx context.Context, h *harness, n *netNS) (map[string]float64, any, error) {
+		Metrics: []metric{with(mGbps, chart), mRetransmits}, Work: &workBytes,
+		run: func(ctx context.Context, h *harness, n *netNS) (runOutput, error) {
 			f, raw, err := h.runIperf(ctx, n, args)
-			return map[string]float64{"gbps": f.ReceivedGbps, "retransmits": f.Retransmits}, raw, err
+			return f.tcpOutput(raw), err
 		},
 	}
 }
@@ -74,10 +134,10 @@ func iperfUDPCase(name, title, chart, rate string, args ...string) benchCase {
 	args = append([]string{"-u", "-b", rate}, args...)
 	return benchCase{
 		Name: name, Title: title, Command: iperfCommand(args),
-		Metrics: []metric{with(mUDPGbps, chart), mLoss},
-		run: func(ctx context.Context, h *harness, n *netNS) (map[string]float64, any, error) {
+		Metrics: []metric{with(mUDPGbps, chart), mLoss}, Work: &workBytes,
+		run: func(ctx context.Context, h *harness, n *netNS) (runOutput, error) {
 			f, raw, err := h.runIperf(ctx, n, args)
-			return map[string]float64{"gbps": f.ReceivedGbps, "loss_pct": f.LostPercent}, raw, err
+			return runOutput{Values: map[string]float64{"gbps": f.ReceivedGbps, "loss_pct": f.LostPercent}, Work: f.ReceivedBytes, Raw: raw}, err
 		},
 	}
 }
@@ -90,10 +150,10 @@ var cases = []benchCase{
 	{
 		Name: "tcp-1-ipv6", Title: "iperf3 TCP over ::1, 1 stream (-6)", TCP: true,
 		Command: "iperf3 -6 -c ::1 -t T -J, against iperf3 -s -6 (on [::])",
-		Metrics: []metric{with(mGbps, "TCP ::1"), mRetransmits},
-		run: func(ctx context.Context, h *harness, n *netNS) (map[string]float64, any, error) {
+		Metrics: []metric{with(mGbps, "TCP ::1"), mRetransmits}, Work: &workBytes,
+		run: func(ctx context.Context, h *harness, n *netNS) (runOutput, error) {
 			f, raw, err := h.runIperf6(ctx, n, nil)
-			return map[string]float64{"gbps": f.ReceivedGbps, "retransmits": f.Retransmits}, raw, err
+			return f.tcpOutput(raw), err
 		},
 	},
 	iperfUDPCase("udp-1400", "iperf3 UDP, 1400 B datagrams", "UDP 1400 B", "0", "-l", "1400"),
@@ -104,10 +164,10 @@ var cases = []benchCase{
 	{
 		Name: "ping", Title: "ping 127.0.0.1 (ICMP echo, one at a time)",
 		Command: "ping -n -A -c N 127.0.0.1",
-		Metrics: []metric{with(mP50, "ping p50"), with(mP99, "ping p99")},
-		run: func(ctx context.Context, h *harness, n *netNS) (map[string]float64, any, error) {
+		Metrics: []metric{with(mP50, "ping p50"), with(mP99, "ping p99")}, Work: &workEchoes,
+		run: func(ctx context.Context, h *harness, n *netNS) (runOutput, error) {
 			r, err := h.runPing(ctx, n)
-			return map[string]float64{"p50_us": r.Summary.P50US, "p99_us": r.Summary.P99US}, r, err
+			return runOutput{Values: map[string]float64{"p50_us": r.Summary.P50US, "p99_us": r.Summary.P99US}, Work: float64(r.Received), Raw: r}, err
 		},
 	},
 	{
@@ -117,10 +177,11 @@ var cases = []benchCase{
 			with(mP50, "TCP RR p50"), with(mP99, "TCP RR p99"),
 			{Key: "per_s", Label: "round trips", Unit: "/s", Higher: true},
 		},
-		run: func(ctx context.Context, h *harness, n *netNS) (map[string]float64, any, error) {
+		Work: &workRoundTrips,
+		run: func(ctx context.Context, h *harness, n *netNS) (runOutput, error) {
 			var r rrResult
 			err := h.runGoClient(ctx, n, cmdTCPRR, &r)
-			return map[string]float64{"p50_us": r.Latency.P50US, "p99_us": r.Latency.P99US, "per_s": r.PerSecond}, r, err
+			return r.output(), err
 		},
 	},
 	{
@@ -130,10 +191,11 @@ var cases = []benchCase{
 			{Key: "per_s", Label: "round trips", Unit: "/s", Higher: true, Chart: "TCP RR x16/s"},
 			mP50, mP99,
 		},
-		run: func(ctx context.Context, h *harness, n *netNS) (map[string]float64, any, error) {
+		Work: &workRoundTrips,
+		run: func(ctx context.Context, h *harness, n *netNS) (runOutput, error) {
 			var r rrResult
 			err := h.runGoClient(ctx, n, cmdTCPRR, &r, "-conns", "16")
-			return map[string]float64{"p50_us": r.Latency.P50US, "p99_us": r.Latency.P99US, "per_s": r.PerSecond}, r, err
+			return r.output(), err
 		},
 	},
 	{
@@ -143,7 +205,8 @@ var cases = []benchCase{
 			{Key: "per_s", Label: "connections", Unit: "/s", Higher: true, Chart: "TCP connect/s"},
 			{Key: "failed", Label: "failed", Unit: "connections", MayBeZero: true, Integer: true},
 		},
-		run: func(ctx context.Context, h *harness, n *netNS) (map[string]float64, any, error) {
+		Work: &workConns,
+		run: func(ctx context.Context, h *harness, n *netNS) (runOutput, error) {
 			var r crrResult
 			err := h.runGoClient(ctx, n, cmdTCPCRR, &r)
 			if err == nil && r.Failed > 0 {
@@ -151,9 +214,10 @@ var cases = []benchCase{
 				// stand, with a warning that cannot be missed.
 				err = warning(fmt.Sprintf("%d connections failed (%d succeeded after the warm-up), first: %s", r.Failed, r.Connections, r.FirstError))
 			}
-			return map[string]float64{"per_s": r.PerSecond, "failed": float64(r.Failed)}, r, err
+			return runOutput{Values: map[string]float64{"per_s": r.PerSecond, "failed": float64(r.Failed)}, Work: float64(r.Connections + r.WarmUpConnections), Raw: r}, err
 		},
 	},
+	tcpIdleCase,
 }
 
 // A warning from a case's run keeps the run's figures: something went wrong
@@ -193,10 +257,17 @@ func (h *harness) runCases(ctx context.Context, rep *report) int {
 	sel := h.selectedCases()
 	status := 0
 	for ci, c := range sel {
-		rec := &caseRecord{Name: c.Name, Title: c.Title, Command: c.Command, TCP: c.TCP, Metrics: c.Metrics}
+		rec := &caseRecord{Name: c.Name, Title: c.Title, Command: c.Command, TCP: c.TCP, UloopOnly: c.UloopOnly, Metrics: c.Metrics, WorkUnit: c.Work}
+		if c.note != nil {
+			rec.Note = c.note(rep.Config)
+		}
 		rep.Cases = append(rep.Cases, rec)
+		sides := []*netNS{h.kernel, h.uloop}
+		if c.UloopOnly {
+			sides = sides[1:]
+		}
 		for r := 1; r <= h.cfg.runs; r++ {
-			for _, n := range []*netNS{h.kernel, h.uloop} {
+			for _, n := range sides {
 				if ctx.Err() != nil {
 					return status
 				}
@@ -227,13 +298,16 @@ func (h *harness) runCases(ctx context.Context, rep *report) int {
 }
 
 // runOne runs case c once in n, with uloopd's CPU time and the packets it
-// read from ulo0 around it on the uloop side.
+// read from ulo0 around it on the uloop side, and the CPU per unit of the
+// work the run did. A uloop-only case brings its own uloopd, so the shared
+// one is not read around it.
 func (h *harness) runOne(ctx context.Context, c benchCase, n *netNS, rep int) runRecord {
 	rec := runRecord{Side: n.side, Rep: rep, Started: time.Now().UTC()}
 	var cpu0 time.Duration
 	var cpuErr, rxErr error
 	var rx0 float64
-	if n == h.uloop {
+	shared := n == h.uloop && !c.UloopOnly // the shared uloopd carries the run
+	if shared {
 		if h.daemon.p.Exited() {
 			rec.Error = fmt.Sprintf("uloopd is no longer running: %v", h.daemon.exitErr())
 			return rec
@@ -241,16 +315,16 @@ func (h *harness) runOne(ctx context.Context, c benchCase, n *netNS, rep int) ru
 		cpu0, cpuErr = procCPU(h.daemon.p.Pid())
 		rx0, rxErr = h.tunPackets(ctx)
 	}
-	vals, raw, err := c.run(ctx, h, n)
+	out, err := c.run(ctx, h, n)
 	rec.WallSeconds = time.Since(rec.Started).Seconds()
-	rec.Raw = raw
-	if n == h.uloop && cpuErr == nil {
+	rec.Raw = out.Raw
+	if shared && cpuErr == nil {
 		if cpu1, err := procCPU(h.daemon.p.Pid()); err == nil {
 			s := (cpu1 - cpu0).Seconds()
 			rec.DaemonCPUSeconds = &s
 		}
 	}
-	if n == h.uloop && err == nil {
+	if shared && err == nil {
 		// A uloop figure is uloop's only if the traffic crossed ulo0.
 		rx1, err1 := h.tunPackets(ctx)
 		if err = errors.Join(rxErr, err1); err == nil {
@@ -266,7 +340,12 @@ func (h *harness) runOne(ctx context.Context, c benchCase, n *netNS, rep int) ru
 		rec.Warning, err = string(w), nil
 	}
 	if err == nil {
-		err = checkValues(c.Metrics, vals)
+		err = checkValues(c.Metrics, out.Values)
+	}
+	if err == nil && c.Work != nil && !(out.Work > 0) {
+		// A run that moved something counted it; 0 is a parser that
+		// found nothing.
+		err = fmt.Errorf("no %s counted", c.Work.Name)
 	}
 	if err != nil {
 		if rec.Warning != "" {
@@ -276,7 +355,15 @@ func (h *harness) runOne(ctx context.Context, c benchCase, n *netNS, rep int) ru
 		rec.Error = err.Error()
 		return rec
 	}
-	rec.Values = vals
+	rec.Values = out.Values
+	if c.Work != nil {
+		rec.Work = &out.Work
+		if rec.DaemonCPUSeconds != nil {
+			if v, ok := c.Work.perUnit(*rec.DaemonCPUSeconds, out.Work); ok {
+				rec.DaemonCPUPerUnit = &v
+			}
+		}
+	}
 	return rec
 }
 
@@ -297,6 +384,7 @@ func checkValues(ms []metric, vals map[string]float64) error {
 	for _, m := range ms {
 		v, ok := vals[m.Key]
 		switch {
+		case !ok && m.Optional:
 		case !ok:
 			errs = append(errs, fmt.Errorf("no %s figure", m.Label))
 		case v < 0 || (v == 0 && !m.MayBeZero):
@@ -309,7 +397,9 @@ func checkValues(ms []metric, vals map[string]float64) error {
 func describe(ms []metric, vals map[string]float64) string {
 	var parts []string
 	for _, m := range ms {
-		parts = append(parts, fmt.Sprintf("%s %s %s", m.Label, m.format(vals[m.Key]), m.Unit))
+		if v, ok := vals[m.Key]; ok {
+			parts = append(parts, fmt.Sprintf("%s %s %s", m.Label, m.format(v), m.Unit))
+		}
 	}
 	return strings.Join(parts, ", ")
 }

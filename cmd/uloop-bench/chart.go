@@ -32,9 +32,12 @@ type chartBar struct {
 
 // chartBars splits the charted metrics of r into rates (higher is better)
 // and latencies (lower is better): one panel each, so that no bar reads the
-// wrong way round.
+// wrong way round. A uloop-only case has no ratio to chart.
 func chartBars(r *report) (rates, latencies []chartBar) {
 	for _, c := range r.Cases {
+		if c.UloopOnly {
+			continue
+		}
 		for _, m := range c.Metrics {
 			if m.Chart == "" {
 				continue

@@ -89,6 +89,19 @@ func procCPU(pid int) (time.Duration, error) {
 	return time.Duration(st.CPUTime() * float64(time.Second)), nil
 }
 
+// procRSS returns VmRSS: the memory process pid has resident now, in KiB.
+func procRSS(pid int) (int64, error) {
+	p, err := procfs.NewProc(pid)
+	if err != nil {
+		return 0, err
+	}
+	st, err := p.NewStatus()
+	if err != nil {
+		return 0, err
+	}
+	return int64(st.VmRSS / 1024), nil
+}
+
 // procPeakRSS returns VmHWM: the most resident memory process pid has had,
 // in KiB.
 func procPeakRSS(pid int) (int64, error) {

@@ -63,7 +63,10 @@ func TestQuickRunEndToEnd(t *testing.T) {
 	out := filepath.Join(dir, "out")
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, filepath.Join(dir, "uloop-bench"), "--quick", "--out", out)
+	// 200 idle connections: a few seconds for tcp-idle, not the ten or
+	// so of --quick's 1000.
+	const idleConns = 200
+	cmd := exec.CommandContext(ctx, filepath.Join(dir, "uloop-bench"), "--quick", "--idle-conns", fmt.Sprint(idleConns), "--out", out)
 	var stdout, stderr netns.Output
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	err := cmd.Run()
@@ -108,8 +111,12 @@ func TestQuickRunEndToEnd(t *testing.T) {
 			t.Errorf("case %s: missing from bench.json", bc.Name)
 			continue
 		}
-		if !strings.Contains(md, "| "+bc.Title+" |") {
+		if !strings.Contains(md, "| "+bc.Title+" |") && !(bc.UloopOnly && strings.Contains(md, "| "+bc.Title+" *(uloop only)* |")) {
 			t.Errorf("case %s: no row %q in the Markdown on stdout", bc.Name, bc.Title)
+		}
+		if bc.UloopOnly {
+			checkIdleCase(t, c, md, pid, idleConns)
+			continue
 		}
 		sides := map[string]int{}
 		for _, r := range c.Runs {
@@ -130,6 +137,17 @@ func TestQuickRunEndToEnd(t *testing.T) {
 		for _, r := range c.Runs {
 			if err := checkIperfMode(c.Name, r.Raw); err != nil {
 				t.Errorf("case %s, %s run: %v", c.Name, r.Side, err)
+			}
+			if err := checkWork(bc, r, rep.Config); err != nil {
+				t.Errorf("case %s, %s run: %v", c.Name, r.Side, err)
+			}
+		}
+		if bc.Work != nil {
+			if u := c.DaemonCPUPerUnit; c.WorkUnit == nil || c.WorkUnit.CPUUnit != bc.Work.CPUUnit || u.N != 1 || u.Median < 0 {
+				t.Errorf("case %s: work unit %+v, CPU per unit %+v; want %q and one figure", c.Name, c.WorkUnit, u, bc.Work.CPUUnit)
+			}
+			if row := "| CPU per run, " + bc.Name + " | "; !strings.Contains(md, row) || !strings.Contains(md[strings.Index(md, row):], " "+bc.Work.CPUUnit+" |") {
+				t.Errorf("case %s: no row %q ending in %q in the Markdown", c.Name, row, bc.Work.CPUUnit)
 			}
 		}
 		if sides["kernel"] != 1 || sides["uloop"] != 1 {
@@ -154,6 +172,114 @@ func TestQuickRunEndToEnd(t *testing.T) {
 			t.Errorf("chart %s: got %v, want a non-empty file", name, err)
 		}
 	}
+}
+
+// checkIdleCase checks tcp-idle's one run from bench.json: on the uloop
+// side alone, in a namespace of its own named after the harness, through a
+// uloopd of its own that relayed exactly the conns connections opened, and
+// grew by something per connection (RSS and heap); and its rows in the
+// Markdown: uloop only, no kernel figure, the target in the last column.
+func checkIdleCase(t *testing.T, c *caseRecord, md string, pid, conns int) {
+	t.Helper()
+	if len(c.Runs) != 1 || c.Runs[0].Side != "uloop" {
+		t.Fatalf("tcp-idle: got runs %+v, want one, uloop side", c.Runs)
+	}
+	r := c.Runs[0]
+	if r.Error != "" {
+		t.Fatalf("tcp-idle: %s", r.Error)
+	}
+	b, _ := json.Marshal(r.Raw)
+	var res idleResult
+	if err := json.Unmarshal(b, &res); err != nil {
+		t.Fatalf("tcp-idle raw %s: %v", b, err)
+	}
+	if res.Connections != conns || res.ConnectionsActive != float64(conns) || res.Bytes != 1024 {
+		t.Errorf("tcp-idle: %d connections opened, uloopd relaying %v, %d bytes each way; want %d, %d, 1024", res.Connections, res.ConnectionsActive, res.Bytes, conns, conns)
+	}
+	if want := fmt.Sprintf("ulb-%d-idle1", pid); res.Namespace != want {
+		t.Errorf("tcp-idle: namespace %q, want %q", res.Namespace, want)
+	}
+	if res.DaemonPID <= 0 || res.RSSBeforeKiB <= 0 || res.RSSAfterKiB <= res.RSSBeforeKiB {
+		t.Errorf("tcp-idle: uloopd pid %d, RSS %d KiB before and %d after; want growth", res.DaemonPID, res.RSSBeforeKiB, res.RSSAfterKiB)
+	}
+	perConn := r.Values["rss_kib_per_conn"]
+	if want := float64(res.RSSAfterKiB-res.RSSBeforeKiB) / float64(conns); perConn <= 0 || !near(perConn, want) {
+		t.Errorf("tcp-idle: RSS growth per connection %v KiB, want (after - before) / %d = %v, above 0", perConn, conns, want)
+	}
+	// A relayed connection costs uloopd two stack endpoints and their
+	// goroutines: kilobytes, not bytes nor megabytes.
+	if perConn < 1 || perConn > 1024 {
+		t.Errorf("tcp-idle: %v KiB per connection, want 1 to 1024", perConn)
+	}
+	if res.HeapInuseBefore == nil || res.HeapInuseAfter == nil || r.Values["heap_kib_per_conn"] <= 0 {
+		t.Errorf("tcp-idle: heap in use %v to %v, per connection %v KiB; want growth", res.HeapInuseBefore, res.HeapInuseAfter, r.Values["heap_kib_per_conn"])
+	}
+	if r.DaemonCPUSeconds != nil || r.DaemonTUNPackets != nil {
+		t.Errorf("tcp-idle: shared uloopd's CPU %v and packets %v read around it", r.DaemonCPUSeconds, r.DaemonTUNPackets)
+	}
+	s := c.Summary["rss_kib_per_conn"]
+	if s.Kernel.N != 0 || s.Ratio.N != 0 || s.Uloop.N != 1 || s.Uloop.Median != perConn {
+		t.Errorf("tcp-idle: summary %+v, want the uloop figure alone", s)
+	}
+	row := fmt.Sprintf("| %s *(uloop only)* | RSS growth per connection, KiB ↓ | – | %s | target ≤ 12: **", c.Title, fmtNum(perConn))
+	if !strings.Contains(md, row) {
+		t.Errorf("tcp-idle: no row starting %q in the Markdown:\n%s", row, md)
+	}
+	if !strings.Contains(md, fmt.Sprintf("- `tcp-idle`: a fresh uloopd per run, %d connections", conns)) {
+		t.Errorf("tcp-idle: no note under the table")
+	}
+}
+
+// checkWork checks a run's work against the figures it reported: the bytes
+// of an iperf3 case against its received rate over --time, round trips and
+// connections against their rate over --time (plus the warm-up), echo
+// replies against --pings; and, on the uloop side, that uloopd's CPU per
+// unit is its CPU over that work.
+func checkWork(bc benchCase, r runRecord, cfg configRecord) error {
+	if bc.Work == nil {
+		return nil
+	}
+	if r.Work == nil || *r.Work <= 0 {
+		return fmt.Errorf("work %v, want a positive count of %s", r.Work, bc.Work.Name)
+	}
+	w, T := *r.Work, cfg.DurationSecs
+	var lo, hi float64 // the range the work must be in
+	switch *bc.Work {
+	case workBytes:
+		// iperf3's receiver runs for about T.
+		rate := r.Values["gbps"] * 1e9 / 8
+		lo, hi = rate*T*0.9, rate*T*1.2
+	case workRoundTrips, workConns:
+		warm := float64(crrWarmUp)
+		if *bc.Work == workRoundTrips {
+			warm = float64(rrWarmUp)
+			if strings.Contains(bc.Command, "-conns 16") {
+				warm *= 16
+			}
+		}
+		rate := r.Values["per_s"]
+		lo, hi = rate*T*0.95+warm, rate*T*1.05+warm
+	case workEchoes:
+		lo, hi = float64(cfg.Pings), float64(cfg.Pings)
+	default:
+		return fmt.Errorf("work unit %+v: not checked here", *bc.Work)
+	}
+	if w < lo || w > hi {
+		return fmt.Errorf("work %v %s, want %v to %v from the figures %v", w, bc.Work.Name, lo, hi, r.Values)
+	}
+	if r.Side != "uloop" {
+		if r.DaemonCPUPerUnit != nil {
+			return fmt.Errorf("kernel run with uloopd CPU per unit %v", *r.DaemonCPUPerUnit)
+		}
+		return nil
+	}
+	if r.DaemonCPUSeconds == nil || r.DaemonCPUPerUnit == nil {
+		return fmt.Errorf("uloopd CPU %v, per unit %v: want both", r.DaemonCPUSeconds, r.DaemonCPUPerUnit)
+	}
+	if want := *r.DaemonCPUSeconds / w * bc.Work.Scale; !near(*r.DaemonCPUPerUnit, want) {
+		return fmt.Errorf("uloopd CPU per unit %v, want %v s / %v x %g = %v", *r.DaemonCPUPerUnit, *r.DaemonCPUSeconds, w, bc.Work.Scale, want)
+	}
+	return nil
 }
 
 // checkIperfMode checks, from iperf3's own "end" object, that an iperf3 case
@@ -264,6 +390,66 @@ func TestInterrupt(t *testing.T) {
 				t.Logf("stderr:\n%s", stderr.String())
 			}
 		})
+	}
+}
+
+// TestInterruptIdle stops the harness while tcp-idle holds its connections
+// through its own uloopd, in its own namespace, and checks that this
+// namespace and its processes go too.
+func TestInterruptIdle(t *testing.T) {
+	dir := buildBench(t)
+	cmd := exec.Command(filepath.Join(dir, "uloop-bench"), "--cases", "tcp-idle", "--runs", "1", "--idle-conns", "500", "--out", filepath.Join(dir, "out-idle"))
+	var stdout, stderr netns.Output
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	defer func() {
+		cmd.Process.Kill()
+		<-done
+	}()
+	pid := cmd.Process.Pid
+	idleNS := fmt.Sprintf("ulb-%d-idle1", pid)
+
+	// Wait for the fresh uloopd and `_tcp-idle` in tcp-idle's namespace.
+	var inside []procID
+	err := netns.Poll(context.Background(), time.Minute, func() (bool, error) {
+		ids, err := procsInNetns(idleNS)
+		if err != nil {
+			return false, nil // not made yet
+		}
+		inside = ids
+		var uloopd, idle bool
+		for _, id := range ids {
+			uloopd = uloopd || id.comm == "uloopd"
+			idle = idle || id.comm == "uloop-bench"
+		}
+		return uloopd && idle, nil
+	})
+	if err != nil {
+		t.Fatalf("waiting for uloopd and %s in %s: %v; processes: %v; stderr:\n%s", cmdTCPIdle, idleNS, err, inside, stderr.String())
+	}
+	if err := cmd.Process.Signal(syscall.SIGINT); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err = <-done:
+		done <- err
+	case <-time.After(30 * time.Second):
+		t.Fatalf("still running 30 s after SIGINT; stderr:\n%s", stderr.String())
+	}
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 130 {
+		t.Errorf("exit: got %v, want status 130", err)
+	}
+	checkGone(t, dir, pid, inside)
+	if _, err := os.Stat(filepath.Join(netns.Dir, idleNS)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("%s: got %v, want it deleted", idleNS, err)
+	}
+	if t.Failed() {
+		t.Logf("stderr:\n%s", stderr.String())
 	}
 }
 

@@ -54,6 +54,9 @@ type iperfSum struct {
 type iperfFigures struct {
 	// ReceivedGbps is the rate the receiving side received, Gbit/s.
 	ReceivedGbps float64
+	// ReceivedBytes is what the receiving side received: the run's work.
+	// ReceivedGbps is this over the receiver's time.
+	ReceivedBytes float64
 	// Retransmits (TCP) counts the sender's retransmitted segments.
 	Retransmits float64
 	// LostPercent (UDP) is the share of datagrams sent that the server
@@ -77,6 +80,7 @@ func parseIperf(b []byte) (iperfFigures, error) {
 			return f, errors.New("iperf3 JSON: no end.sum_received or end.sum_sent")
 		}
 		f.ReceivedGbps = r.End.SumReceived.BitsPerSecond / 1e9
+		f.ReceivedBytes = r.End.SumReceived.Bytes
 		if r.End.SumSent.Retransmits != nil {
 			f.Retransmits = *r.End.SumSent.Retransmits
 		}
@@ -88,11 +92,17 @@ func parseIperf(b []byte) (iperfFigures, error) {
 		f.LostPercent = *s.LostPercent
 		switch {
 		case r.End.SumReceived != nil:
+			// In 3.12 sum_received.bytes is what arrived: the
+			// datagrams received ((packets - lost_packets) x -l),
+			// not those sent, and bits_per_second is it over the
+			// receiver's time.
 			f.ReceivedGbps = r.End.SumReceived.BitsPerSecond / 1e9
+			f.ReceivedBytes = r.End.SumReceived.Bytes
 		case s.Packets != nil && s.LostPackets != nil && s.Seconds > 0 && r.Start.TestStart.Blksize > 0:
 			// Before sum_received existed for UDP: the datagrams
 			// that arrived, over the receiver's time.
-			f.ReceivedGbps = (*s.Packets - *s.LostPackets) * float64(r.Start.TestStart.Blksize) * 8 / s.Seconds / 1e9
+			f.ReceivedBytes = (*s.Packets - *s.LostPackets) * float64(r.Start.TestStart.Blksize)
+			f.ReceivedGbps = f.ReceivedBytes * 8 / s.Seconds / 1e9
 		default:
 			return f, errors.New("iperf3 JSON: no received rate for UDP")
 		}
@@ -100,6 +110,11 @@ func parseIperf(b []byte) (iperfFigures, error) {
 		return f, fmt.Errorf("iperf3 JSON: unexpected protocol %q", p)
 	}
 	return f, nil
+}
+
+// tcpOutput is a TCP case's figures and work.
+func (f iperfFigures) tcpOutput(raw json.RawMessage) runOutput {
+	return runOutput{Values: map[string]float64{"gbps": f.ReceivedGbps, "retransmits": f.Retransmits}, Work: f.ReceivedBytes, Raw: raw}
 }
 
 // rawIperfEnd returns iperf3's "end" object (every stream's figures, CPU use,

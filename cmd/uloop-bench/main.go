@@ -3,8 +3,8 @@
 // Command uloop-bench measures uloop against the kernel's own loopback on
 // the same machine in the same run.
 //
-//	sudo bin/uloop-bench                 # 3 interleaved runs per case, ~3.5 minutes
-//	sudo bin/uloop-bench --quick         # each case once for 2 s, ~30 s
+//	sudo bin/uloop-bench                 # 3 interleaved runs per case, ~4 minutes
+//	sudo bin/uloop-bench --quick         # each case once for 2 s, ~45 s
 //	sudo make bench BENCHFLAGS='--runs 5 --time 10s'
 //
 // It makes two sibling network namespaces, ulb-PID-kernel (only lo, up) and
@@ -14,6 +14,10 @@
 // 2-core machine absolute numbers drift with whatever else runs; a ratio
 // taken between two runs a few seconds apart drifts much less, so the ratio
 // is the figure to quote.
+//
+// tcp-idle is the exception: uloop only, with a namespace and a uloopd of
+// its own per run, it measures uloopd's memory per idle relayed connection
+// against an absolute target.
 //
 // Output: a Markdown table on stdout; in --out (default bench-out/)
 // bench.json (every raw figure, machine and configuration), bench.md (the
@@ -49,6 +53,8 @@ type config struct {
 	outDir   string
 	uloopd   string
 	cases    []string // names to run; all when empty
+	// idleConns is how many connections tcp-idle holds open.
+	idleConns int
 }
 
 func main() {
@@ -72,9 +78,10 @@ func parseFlags(args []string) (config, error) {
 	fs.IntVar(&cfg.runs, "runs", 3, "runs of each case on each side, interleaved kernel, uloop, kernel, ...")
 	fs.DurationVar(&cfg.duration, "time", 5*time.Second, "length of each iperf3 run and each TCP latency and connection-rate run (whole seconds)")
 	fs.IntVar(&cfg.pings, "pings", 10000, "echo requests per ping run (at least 1000)")
-	fs.BoolVar(&cfg.quick, "quick", false, "each case once for 2 s with 1000 pings (flags given explicitly still win): a smoke run")
+	fs.BoolVar(&cfg.quick, "quick", false, "each case once for 2 s with 1000 pings and 1000 idle connections (flags given explicitly still win): a smoke run")
 	fs.StringVar(&cfg.outDir, "out", "bench-out", "directory for bench.json, bench.md, bench.png and bench.svg")
 	fs.StringVar(&cfg.uloopd, "uloopd", "", "uloopd binary (default: uloopd next to this binary)")
+	fs.IntVar(&cfg.idleConns, "idle-conns", 5000, fmt.Sprintf("connections tcp-idle holds open through a fresh uloopd (at least %d)", idleMinConns))
 	names := fs.String("cases", "", "comma-separated cases to run (default all): "+strings.Join(caseNames(), ","))
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "usage: uloop-bench [flags]  (as root)\n\nMeasures uloop against kernel lo, interleaved, in two fresh network namespaces.\n\n")
@@ -98,6 +105,9 @@ func parseFlags(args []string) (config, error) {
 		if !set["pings"] {
 			cfg.pings = 1000
 		}
+		if !set["idle-conns"] {
+			cfg.idleConns = 1000
+		}
 	}
 	switch {
 	case cfg.runs < 1:
@@ -106,6 +116,8 @@ func parseFlags(args []string) (config, error) {
 		return cfg, errors.New("--time must be a whole number of seconds, at least 1s (iperf3 -t takes seconds)")
 	case cfg.pings < 1000:
 		return cfg, errors.New("--pings must be at least 1000 (a p99 needs them)")
+	case cfg.idleConns < idleMinConns:
+		return cfg, fmt.Errorf("--idle-conns must be at least %d (fewer are lost in the daemon's page and heap granularity)", idleMinConns)
 	}
 	if *names != "" {
 		known := map[string]bool{}
@@ -130,6 +142,8 @@ type harness struct {
 	uloop  *netNS
 	daemon *daemon
 	port   int // last iperf3 port used
+	// idleSeq numbers the namespaces of tcp-idle's runs.
+	idleSeq int
 }
 
 func (h *harness) nextPort() int {

@@ -22,7 +22,13 @@ type netNS struct {
 
 // addNetns creates the namespace ulb-PID-SIDE.
 func addNetns(pid int, side string) (*netNS, error) {
-	ns, err := netns.CreateNamed(fmt.Sprintf("ulb-%d-%s", pid, side))
+	return newNetns(pid, side, side)
+}
+
+// newNetns creates the namespace ulb-PID-LABEL for side: another of the
+// harness's, such as a uloop-only case's own (ulb-PID-idle1).
+func newNetns(pid int, label, side string) (*netNS, error) {
+	ns, err := netns.CreateNamed(fmt.Sprintf("ulb-%d-%s", pid, label))
 	if err != nil {
 		return nil, err
 	}

@@ -34,20 +34,27 @@ func TestParseIperf(t *testing.T) {
 		gbps        float64
 		retransmits float64
 		loss        float64
+		bytes       float64 // received: the run's work
+		seconds     float64 // the receiver's, over which gbps is bytes
 	}{
-		// TCP: end.sum_received.bits_per_second, end.sum_sent.retransmits.
-		{"iperf3-tcp-kernel.json", 21.031216783832073, 0, 0},
-		{"iperf3-tcp-uloop.json", 4.89107407703404, 2, 0},
+		// TCP: end.sum_received.bits_per_second and .bytes,
+		// end.sum_sent.retransmits.
+		{"iperf3-tcp-kernel.json", 21.031216783832073, 0, 0, 2629304320, 1.000153},
+		{"iperf3-tcp-uloop.json", 4.89107407703404, 2, 0, 1224005961, 2.002024},
 		// -R: the server sends; sum_sent is still the sender's.
-		{"iperf3-tcp-reverse-uloop.json", 4.5558211713134985, 3, 0},
+		{"iperf3-tcp-reverse-uloop.json", 4.5558211713134985, 3, 0, 569539150, 1.000108},
 		// -P 4: the sums over the four streams.
-		{"iperf3-tcp-p4-uloop.json", 3.8193419963146434, 26, 0},
+		{"iperf3-tcp-p4-uloop.json", 3.8193419963146434, 26, 0, 478796532, 1.002888},
 		// UDP: the received rate from end.sum_received, not
 		// end.sum.bits_per_second, which 3.12 fills with the rate sent
 		// (2.09 Gbit/s in this sample); loss from end.sum.lost_percent.
-		{"iperf3-udp-1400-kernel.json", 0.8843630030001237, 0, 56.23561013046815},
-		{"iperf3-udp-1400-uloop.json", 0.24827829042295462, 0, 86.7094565682499},
-		{"iperf3-udp-32k-uloop.json", 1.4102338852724433, 0, 91.69811320754717},
+		// The bytes likewise: end.sum.bytes (and sum_sent.bytes) are
+		// those sent; sum_received.bytes those received, which is
+		// (sum_received.packets - lost_packets) x 1400 here:
+		// (181648 - 102585) x 1400.
+		{"iperf3-udp-1400-kernel.json", 0.8843630030001237, 0, 56.23561013046815, 110688200, 1.001292},
+		{"iperf3-udp-1400-uloop.json", 0.24827829042295462, 0, 86.7094565682499, (185280 - 162112) * 1400, 1.045124},
+		{"iperf3-udp-32k-uloop.json", 1.4102338852724433, 0, 91.69811320754717, (67840 - 62208) * 32768, 1.046915},
 	}
 	for _, tt := range tests {
 		t.Run(tt.file, func(t *testing.T) {
@@ -63,6 +70,17 @@ func TestParseIperf(t *testing.T) {
 			}
 			if !near(f.LostPercent, tt.loss) {
 				t.Errorf("loss: got %v%%, want %v%%", f.LostPercent, tt.loss)
+			}
+			if f.ReceivedBytes != tt.bytes {
+				t.Errorf("received: got %v bytes, want %v", f.ReceivedBytes, tt.bytes)
+			}
+			// The work and the rate the case reports are the same
+			// bytes: the rate is them over the receiver's time.
+			if got := f.ReceivedBytes * 8 / tt.seconds / 1e9; math.Abs(got-f.ReceivedGbps) > 1e-6*f.ReceivedGbps {
+				t.Errorf("bytes x 8 / seconds: got %v Gbit/s, want the received rate %v", got, f.ReceivedGbps)
+			}
+			if out := f.tcpOutput(nil); out.Work != f.ReceivedBytes {
+				t.Errorf("tcpOutput: work %v, want the bytes received", out.Work)
 			}
 			if raw := rawIperfEnd(readTestdata(t, tt.file)); !json.Valid(raw) || !strings.Contains(string(raw), `"sum_sent"`) {
 				t.Errorf("rawIperfEnd: got %.80q, want the compacted end object", raw)
@@ -89,6 +107,9 @@ func TestParseIperfUDPWithoutSumReceived(t *testing.T) {
 	want := (186960.0 - 162112) * 1400 * 8 / 1.045124 / 1e9
 	if !near(f.ReceivedGbps, want) {
 		t.Errorf("received: got %v Gbit/s, want %v", f.ReceivedGbps, want)
+	}
+	if want := (186960.0 - 162112) * 1400; f.ReceivedBytes != want {
+		t.Errorf("received: got %v bytes, want %v", f.ReceivedBytes, want)
 	}
 	if !near(f.LostPercent, 86.7094565682499) {
 		t.Errorf("loss: got %v, want 86.7094565682499", f.LostPercent)

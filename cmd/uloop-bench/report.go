@@ -6,12 +6,14 @@ import (
 	"bytes"
 	"debug/buildinfo"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"time"
 
@@ -57,6 +59,7 @@ type configRecord struct {
 	Runs         int      `json:"runs"`
 	DurationSecs float64  `json:"duration_seconds"`
 	Pings        int      `json:"pings"`
+	IdleConns    int      `json:"idle_conns"`
 	Quick        bool     `json:"quick"`
 	Cases        []string `json:"cases"`
 	Order        string   `json:"order"`
@@ -82,25 +85,40 @@ type daemonRecord struct {
 }
 
 type caseRecord struct {
-	Name    string                   `json:"name"`
-	Title   string                   `json:"title"`
-	Command string                   `json:"command"`
-	TCP     bool                     `json:"tcp"`
-	Metrics []metric                 `json:"metrics"`
-	Runs    []runRecord              `json:"runs"`
-	Summary map[string]metricSummary `json:"summary"` // by metric key
+	Name    string `json:"name"`
+	Title   string `json:"title"`
+	Command string `json:"command"`
+	TCP     bool   `json:"tcp"`
+	// UloopOnly cases ran on the uloop side alone: no kernel figures,
+	// no ratios; Note says what their figures are.
+	UloopOnly bool                     `json:"uloop_only,omitempty"`
+	Note      string                   `json:"note,omitempty"`
+	Metrics   []metric                 `json:"metrics"`
+	Runs      []runRecord              `json:"runs"`
+	Summary   map[string]metricSummary `json:"summary"` // by metric key
 	// DaemonCPU is uloopd's CPU seconds per uloop run.
 	DaemonCPU spread `json:"uloopd_cpu_seconds"`
+	// WorkUnit is what each run's Work counts, nil if the case counts
+	// none; DaemonCPUPerUnit summarizes the uloop runs' CPU per unit of
+	// it, in WorkUnit.CPUUnit.
+	WorkUnit         *workUnit `json:"work_unit,omitempty"`
+	DaemonCPUPerUnit spread    `json:"uloopd_cpu_per_unit"`
 }
 
 // runRecord is one run of one case on one side.
 type runRecord struct {
-	Side             string             `json:"side"`
-	Rep              int                `json:"rep"`
-	Started          time.Time          `json:"started"`
-	WallSeconds      float64            `json:"wall_seconds"`
-	Values           map[string]float64 `json:"values,omitempty"`
-	DaemonCPUSeconds *float64           `json:"uloopd_cpu_seconds,omitempty"`
+	Side        string             `json:"side"`
+	Rep         int                `json:"rep"`
+	Started     time.Time          `json:"started"`
+	WallSeconds float64            `json:"wall_seconds"`
+	Values      map[string]float64 `json:"values,omitempty"`
+	// Work is how much the run did, in units of the case's work_unit
+	// (bytes received, round trips, ...), as the tool counted it.
+	Work             *float64 `json:"work,omitempty"`
+	DaemonCPUSeconds *float64 `json:"uloopd_cpu_seconds,omitempty"`
+	// DaemonCPUPerUnit is DaemonCPUSeconds over Work, in the case's
+	// work_unit.cpu_unit (s per GB, µs per round trip, ...).
+	DaemonCPUPerUnit *float64 `json:"uloopd_cpu_per_unit,omitempty"`
 	// DaemonTUNPackets is what uloopd read from ulo0 during the run
 	// (uloop_tun_rx_packets_total); a uloop run without any failed.
 	DaemonTUNPackets *float64 `json:"uloopd_tun_rx_packets,omitempty"`
@@ -127,7 +145,7 @@ func newReport(cfg config) *report {
 		Started:    time.Now().UTC(),
 		Namespaces: map[string]nsRecord{},
 		Config: configRecord{
-			Runs: cfg.runs, DurationSecs: cfg.duration.Seconds(), Pings: cfg.pings, Quick: cfg.quick,
+			Runs: cfg.runs, DurationSecs: cfg.duration.Seconds(), Pings: cfg.pings, IdleConns: cfg.idleConns, Quick: cfg.quick,
 			Order: "each case: kernel, uloop, kernel, uloop, ... (kernel first in every pair)",
 		},
 		Daemon: daemonRecord{Path: cfg.uloopd},
@@ -143,7 +161,7 @@ func newReport(cfg config) *report {
 }
 
 // summarize computes each metric's spread per side and the pair ratios, and
-// uloopd's CPU per run.
+// uloopd's CPU per run and per unit of work.
 func (c *caseRecord) summarize() {
 	c.Summary = map[string]metricSummary{}
 	var cpu []float64
@@ -168,12 +186,17 @@ func (c *caseRecord) summarize() {
 			Ratio:      spreadOf(rs),
 		}
 	}
+	var perUnit []float64
 	for _, r := range c.Runs {
 		if r.Side == "uloop" && r.DaemonCPUSeconds != nil {
 			cpu = append(cpu, *r.DaemonCPUSeconds)
 		}
+		if r.Side == "uloop" && r.DaemonCPUPerUnit != nil && r.Error == "" {
+			perUnit = append(perUnit, *r.DaemonCPUPerUnit)
+		}
 	}
 	c.DaemonCPU = spreadOf(cpu)
+	c.DaemonCPUPerUnit = spreadOf(perUnit)
 }
 
 func pick(xs []float64, ok []bool) []float64 {
@@ -222,24 +245,39 @@ func (r *report) markdown() string {
 	b.WriteString("Each side: median (min–max) over its runs. uloop/kernel: the ratio within each back-to-back pair of runs, median (min–max) over the pairs. No ratio for counts that may be 0 (retransmits, loss, failed connections). ↑ higher is better, ↓ lower is better.\n\n")
 	b.WriteString("| Case | Metric | kernel lo | uloop | uloop/kernel |\n")
 	b.WriteString("|---|---|--:|--:|--:|\n")
+	var notes []string
 	for _, c := range r.Cases {
 		for i, mt := range c.Metrics {
 			s := c.Summary[mt.Key]
 			title := ""
 			if i == 0 {
 				title = c.Title
+				if c.UloopOnly {
+					title += " *(uloop only)*"
+				}
 			}
 			arrow := "↓"
 			if mt.Higher {
 				arrow = "↑"
 			}
-			ratio := "–"
-			if !mt.MayBeZero {
+			kernel, ratio := fmtSpread(mt, s.Kernel), "–"
+			switch {
+			case c.UloopOnly:
+				// Nothing to compare with: the kernel column is
+				// empty, the last one the figure's target.
+				kernel, ratio = "–", fmtTarget(mt, s.Uloop)
+			case !mt.MayBeZero:
 				ratio = fmtRatio(s.Ratio)
 			}
 			fmt.Fprintf(&b, "| %s | %s, %s %s | %s | %s | %s |\n", title, mt.Label, mt.Unit, arrow,
-				fmtSpread(mt, s.Kernel), fmtSpread(mt, s.Uloop), ratio)
+				kernel, fmtSpread(mt, s.Uloop), ratio)
 		}
+		if c.Note != "" {
+			notes = append(notes, fmt.Sprintf("- `%s`: %s\n", c.Name, c.Note))
+		}
+	}
+	if len(notes) > 0 {
+		b.WriteString("\n" + strings.Join(notes, ""))
 	}
 	d := r.Daemon
 	b.WriteString("\n| uloopd | |\n|---|--:|\n")
@@ -247,21 +285,21 @@ func (r *report) markdown() string {
 		fmt.Fprintf(&b, "| CPU (utime+stime) over the uloop runs of the TCP cases | %.2f s in %.1f s (%.0f%% of one core) |\n",
 			d.CPUSecondsTCP, d.TCPWallSeconds, 100*d.CPUSecondsTCP/d.TCPWallSeconds)
 	}
+	perUnit := false
 	for _, c := range r.Cases {
-		if c.DaemonCPU.N == 0 {
-			continue
+		if row := c.daemonCPURow(); row != "" {
+			b.WriteString(row)
+			perUnit = perUnit || c.DaemonCPUPerUnit.N > 0
 		}
-		wall := 0.0
-		for _, run := range c.Runs {
-			if run.Side == "uloop" && run.DaemonCPUSeconds != nil {
-				wall += run.WallSeconds
-			}
-		}
-		fmt.Fprintf(&b, "| CPU per run, %s | %.2f s (%s) |\n", c.Name, c.DaemonCPU.Median,
-			fmt.Sprintf("%.0f%% of one core", 100*c.DaemonCPU.Median*float64(c.DaemonCPU.N)/wall))
 	}
 	fmt.Fprintf(&b, "| peak RSS (VmHWM) | %.1f MiB |\n", float64(d.PeakRSSKiB)/1024)
 	fmt.Fprintf(&b, "| ready after start | %.2f s |\n", d.ReadySeconds)
+	if perUnit {
+		b.WriteString("\nCPU per run: the median over the uloop runs, and its share of one core over their wall time. " +
+			"After it, uloopd's CPU per unit of the work each run did, median (min–max) over the uloop runs: " +
+			"per GB received by iperf3's receiver (1 GB = 10^9 bytes), per round trip or connection the Go client completed (its warm-up included), " +
+			"per echo reply ping received. Lower is better; it is the figure to compare two uloopd builds with (`--uloopd`).\n")
+	}
 	if len(r.Warnings) > 0 {
 		fmt.Fprintf(&b, "\n**Warning**: %d run(s) saw what a loopback never does; their figures are in the table:\n\n", len(r.Warnings))
 		for _, w := range r.Warnings {
@@ -277,6 +315,33 @@ func (r *report) markdown() string {
 	return b.String()
 }
 
+// daemonCPURow is the uloopd table's row for c: uloopd's CPU per uloop
+// run, as a share of one core, and per unit of work if c counts it; "" if
+// no uloop run has a CPU figure.
+func (c *caseRecord) daemonCPURow() string {
+	if c.DaemonCPU.N == 0 {
+		return ""
+	}
+	wall := 0.0
+	for _, run := range c.Runs {
+		if run.Side == "uloop" && run.DaemonCPUSeconds != nil {
+			wall += run.WallSeconds
+		}
+	}
+	cell := fmt.Sprintf("%.2f s", c.DaemonCPU.Median)
+	if wall > 0 {
+		cell += fmt.Sprintf(" (%.0f%% of one core)", 100*c.DaemonCPU.Median*float64(c.DaemonCPU.N)/wall)
+	}
+	if c.WorkUnit != nil && c.DaemonCPUPerUnit.N > 0 {
+		u := c.DaemonCPUPerUnit
+		cell += fmt.Sprintf("; %s %s", fmtSig3(u.Median), c.WorkUnit.CPUUnit)
+		if u.N > 1 {
+			cell += fmt.Sprintf(" (%s–%s)", fmtSig3(u.Min), fmtSig3(u.Max))
+		}
+	}
+	return fmt.Sprintf("| CPU per run, %s | %s |\n", c.Name, cell)
+}
+
 func fmtSpread(m metric, s spread) string {
 	switch s.N {
 	case 0:
@@ -285,6 +350,26 @@ func fmtSpread(m metric, s spread) string {
 		return m.format(s.Median)
 	}
 	return fmt.Sprintf("%s (%s–%s)", m.format(s.Median), m.format(s.Min), m.format(s.Max))
+}
+
+// fmtTarget is the last column of a uloop-only figure: its target, if it
+// has one, and whether the median over the runs meets it.
+func fmtTarget(m metric, s spread) string {
+	if m.Target == 0 {
+		return "–"
+	}
+	op, met := "≤", s.Median <= m.Target
+	if m.Higher {
+		op, met = "≥", s.Median >= m.Target
+	}
+	t := fmt.Sprintf("target %s %s", op, strconv.FormatFloat(m.Target, 'f', -1, 64))
+	switch {
+	case s.N == 0:
+		return t
+	case met:
+		return t + ": **met**"
+	}
+	return t + ": **not met**"
 }
 
 func fmtRatio(s spread) string {
@@ -314,6 +399,17 @@ func fmtNum(v float64) string {
 	return fmt.Sprintf("%.3g", v)
 }
 
+// fmtSig3 is fmtNum, but below 1 it keeps three significant digits with
+// their trailing zeros (0.900, not 0.9), so that figures to be compared
+// line up.
+func fmtSig3(v float64) string {
+	a := math.Abs(v)
+	if a == 0 || a >= 1 || math.IsInf(a, 0) || math.IsNaN(a) {
+		return fmtNum(v)
+	}
+	return strconv.FormatFloat(v, 'f', 2-int(math.Floor(math.Log10(a))), 64)
+}
+
 func firstField(s string) string {
 	f := strings.Fields(s)
 	if len(f) == 0 {
@@ -340,6 +436,16 @@ func (r *report) write(dir, md string) error {
 	written, err := writeCharts(r, dir)
 	if err != nil {
 		return fmt.Errorf("chart: %w", err)
+	}
+	if len(written) == 0 {
+		// Nothing to chart (only uloop-only cases): no chart of an
+		// earlier run may pass for this one's.
+		for _, name := range []string{"bench.png", "bench.svg"} {
+			if err := os.Remove(filepath.Join(dir, name)); err != nil && !errors.Is(err, os.ErrNotExist) {
+				return err
+			}
+		}
+		progress("no chart: no case with a uloop/kernel ratio ran")
 	}
 	progress("wrote %s", strings.Join(append([]string{filepath.Join(dir, "bench.json"), filepath.Join(dir, "bench.md")}, written...), ", "))
 	return nil

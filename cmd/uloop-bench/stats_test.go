@@ -161,6 +161,91 @@ func TestSummarizeUsesPairRatios(t *testing.T) {
 	}
 }
 
+// uloopd's CPU per unit of work: seconds per GB (1e9 bytes) for bytes,
+// microseconds per round trip, connection or echo for the others.
+func TestWorkPerUnit(t *testing.T) {
+	tests := []struct {
+		name      string
+		u         workUnit
+		cpu, work float64
+		want      float64
+		ok        bool
+	}{
+		{"4.4 s on 5 GB", workBytes, 4.4, 5e9, 0.88, true},
+		{"GB is 1e9 bytes, not 2^30", workBytes, 1, 1 << 30, 1e9 / (1 << 30), true},
+		{"3 s on 150000 round trips", workRoundTrips, 3, 150000, 20, true},
+		{"2.5 s on 10000 connections", workConns, 2.5, 10000, 250, true},
+		{"0.05 s on 1000 echoes", workEchoes, 0.05, 1000, 50, true},
+		{"no CPU is a figure", workEchoes, 0, 1000, 0, true},
+		{"no work", workBytes, 1, 0, 0, false},
+		{"negative CPU", workBytes, -1, 1e9, 0, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, ok := tt.u.perUnit(tt.cpu, tt.work)
+			if ok != tt.ok || !near(got, tt.want) {
+				t.Errorf("got %v, %v; want %v, %v", got, ok, tt.want, tt.ok)
+			}
+		})
+	}
+	for _, c := range cases {
+		if c.Work == nil && !c.UloopOnly {
+			t.Errorf("case %s: counts no work, so has no CPU per unit", c.Name)
+		}
+	}
+}
+
+// The summary's CPU per unit is the median over the uloop runs that
+// succeeded; the row shows it with its range next to the CPU per run.
+func TestSummarizeCPUPerUnit(t *testing.T) {
+	c := &caseRecord{Name: "tcp-rr", Metrics: []metric{{Key: "per_s", Label: "round trips", Higher: true}}, WorkUnit: &workRoundTrips}
+	f := func(v float64) *float64 { return &v }
+	for i, pu := range []float64{22, 20, 21, 99} {
+		k := runRecord{Side: "kernel", Rep: i + 1, WallSeconds: 5, Values: map[string]float64{"per_s": 1}, Work: f(1e5)}
+		u := runRecord{Side: "uloop", Rep: i + 1, WallSeconds: 5, Values: map[string]float64{"per_s": 1}, Work: f(1e5),
+			DaemonCPUSeconds: f(pu / 10), DaemonCPUPerUnit: f(pu)}
+		if pu == 99 {
+			// A failed run keeps its CPU seconds but has no figures.
+			u.Error, u.Values = "boom", nil
+		}
+		c.Runs = append(c.Runs, k, u)
+	}
+	c.summarize()
+	if want := (spread{N: 3, Median: 21, Min: 20, Max: 22}); c.DaemonCPUPerUnit != want {
+		t.Errorf("CPU per unit: got %+v, want %+v", c.DaemonCPUPerUnit, want)
+	}
+	want := "| CPU per run, tcp-rr | 2.15 s (43% of one core); 21.0 µs per round trip (20.0–22.0) |\n"
+	if got := c.daemonCPURow(); got != want {
+		t.Errorf("row:\ngot  %q\nwant %q", got, want)
+	}
+	// One run: no range. No work unit: the CPU per run alone.
+	one := &caseRecord{Name: "tcp-1", WorkUnit: &workBytes, Runs: []runRecord{
+		{Side: "uloop", WallSeconds: 5, DaemonCPUSeconds: f(4.56), DaemonCPUPerUnit: f(0.88)}}}
+	one.summarize()
+	if got, want := one.daemonCPURow(), "| CPU per run, tcp-1 | 4.56 s (91% of one core); 0.880 s per GB |\n"; got != want {
+		t.Errorf("one run:\ngot  %q\nwant %q", got, want)
+	}
+	one.WorkUnit = nil
+	if got, want := one.daemonCPURow(), "| CPU per run, tcp-1 | 4.56 s (91% of one core) |\n"; got != want {
+		t.Errorf("no work unit:\ngot  %q\nwant %q", got, want)
+	}
+	if got := (&caseRecord{Name: "none"}).daemonCPURow(); got != "" {
+		t.Errorf("no uloop run: got row %q, want none", got)
+	}
+}
+
+func TestFmtSig3(t *testing.T) {
+	tests := []struct {
+		in   float64
+		want string
+	}{{0, "0"}, {0.9, "0.900"}, {0.88, "0.880"}, {0.0834, "0.0834"}, {1, "1.00"}, {21.04, "21.0"}, {475, "475"}}
+	for _, tt := range tests {
+		if got := fmtSig3(tt.in); got != tt.want {
+			t.Errorf("fmtSig3(%v): got %q, want %q", tt.in, got, tt.want)
+		}
+	}
+}
+
 func TestCheckValues(t *testing.T) {
 	ms := []metric{mGbps, mRetransmits}
 	tests := []struct {
@@ -201,16 +286,19 @@ func TestParseFlags(t *testing.T) {
 		runs    int
 		dur     time.Duration
 		pings   int
+		idle    int
 		wantErr string
 	}{
-		{"defaults", nil, 3, 5 * time.Second, 10000, ""},
-		{"quick", []string{"--quick"}, 1, 2 * time.Second, 1000, ""},
-		{"quick, explicit flags win", []string{"--quick", "--runs", "2", "--time", "3s"}, 2, 3 * time.Second, 1000, ""},
-		{"fractional time", []string{"--time", "1500ms"}, 0, 0, 0, "whole number"},
-		{"too few pings", []string{"--pings", "10"}, 0, 0, 0, "at least 1000"},
-		{"no runs", []string{"--runs", "0"}, 0, 0, 0, "at least 1"},
-		{"unknown case", []string{"--cases", "tcp-1,nope"}, 0, 0, 0, `unknown case "nope"`},
-		{"stray argument", []string{"now"}, 0, 0, 0, "unexpected argument"},
+		{"defaults", nil, 3, 5 * time.Second, 10000, 5000, ""},
+		{"quick", []string{"--quick"}, 1, 2 * time.Second, 1000, 1000, ""},
+		{"quick, explicit flags win", []string{"--quick", "--runs", "2", "--time", "3s", "--idle-conns", "200"}, 2, 3 * time.Second, 1000, 200, ""},
+		{"idle connections", []string{"--idle-conns", "8000", "--cases", "tcp-idle"}, 3, 5 * time.Second, 10000, 8000, ""},
+		{"fractional time", []string{"--time", "1500ms"}, 0, 0, 0, 0, "whole number"},
+		{"too few pings", []string{"--pings", "10"}, 0, 0, 0, 0, "at least 1000"},
+		{"too few idle connections", []string{"--idle-conns", "10"}, 0, 0, 0, 0, "at least 100"},
+		{"no runs", []string{"--runs", "0"}, 0, 0, 0, 0, "at least 1"},
+		{"unknown case", []string{"--cases", "tcp-1,nope"}, 0, 0, 0, 0, `unknown case "nope"`},
+		{"stray argument", []string{"now"}, 0, 0, 0, 0, "unexpected argument"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -224,8 +312,9 @@ func TestParseFlags(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if cfg.runs != tt.runs || cfg.duration != tt.dur || cfg.pings != tt.pings {
-				t.Errorf("got runs %d time %v pings %d, want %d %v %d", cfg.runs, cfg.duration, cfg.pings, tt.runs, tt.dur, tt.pings)
+			if cfg.runs != tt.runs || cfg.duration != tt.dur || cfg.pings != tt.pings || cfg.idleConns != tt.idle {
+				t.Errorf("got runs %d time %v pings %d idle conns %d, want %d %v %d %d",
+					cfg.runs, cfg.duration, cfg.pings, cfg.idleConns, tt.runs, tt.dur, tt.pings, tt.idle)
 			}
 		})
 	}
@@ -254,11 +343,14 @@ func sampleReport() *report {
 	r.Namespaces["uloop"] = nsRecord{Name: "ulb-1-uloop", LoMTU: 65536, Ulo0MTU: 65535, TCPCongestionControl: "bbr"}
 	r.Daemon.PeakRSSKiB = 65072
 	cpu := 4.5
+	// Work per run, by case and pair: 4.5 s of CPU on 5 GB and 4.5 GB is
+	// 0.9 and 1.0 s per GB; on 10000 and 9000 echoes 450 and 500 µs each.
+	work := map[string][]float64{"tcp-1": {5e9, 4.5e9}, "ping": {10000, 9000}}
 	for _, c := range cases {
 		if c.Name != "tcp-1" && c.Name != "ping" {
 			continue
 		}
-		rec := &caseRecord{Name: c.Name, Title: c.Title, TCP: c.TCP, Metrics: c.Metrics}
+		rec := &caseRecord{Name: c.Name, Title: c.Title, TCP: c.TCP, Metrics: c.Metrics, WorkUnit: c.Work}
 		for rep := 1; rep <= 2; rep++ {
 			for _, side := range []string{"kernel", "uloop"} {
 				vals := map[string]float64{}
@@ -269,9 +361,12 @@ func sampleReport() *report {
 					}
 					vals[m.Key] = v
 				}
-				run := runRecord{Side: side, Rep: rep, Values: vals, WallSeconds: 5}
+				w := work[c.Name][rep-1]
+				run := runRecord{Side: side, Rep: rep, Values: vals, WallSeconds: 5, Work: &w}
 				if side == "uloop" {
 					run.DaemonCPUSeconds = &cpu
+					v, _ := c.Work.perUnit(cpu, w)
+					run.DaemonCPUPerUnit = &v
 				}
 				rec.Runs = append(rec.Runs, run)
 			}
@@ -292,7 +387,10 @@ func TestMarkdown(t *testing.T) {
 		"MTU: kernel side lo 65536; uloop side ulo0 65535",
 		"Test CPU (2 CPUs), Linux 6.18.0",
 		"| CPU (utime+stime) over the uloop runs of the TCP cases | 9.00 s in 10.0 s (90% of one core) |",
+		"| CPU per run, tcp-1 | 4.50 s (90% of one core); 0.950 s per GB (0.900–1.00) |",
+		"| CPU per run, ping | 4.50 s (90% of one core); 475 µs per echo (450–500) |",
 		"| peak RSS (VmHWM) | 63.5 MiB |",
+		"1 GB = 10^9 bytes",
 	} {
 		if !strings.Contains(md, want) {
 			t.Errorf("markdown lacks %q; got:\n%s", want, md)
@@ -374,13 +472,17 @@ func TestGoClients(t *testing.T) {
 		if rr.Connections != conns || rr.Count == 0 || rr.PerSecond <= 0 || rr.Latency.P50US <= 0 || rr.Latency.P99US < rr.Latency.P50US {
 			t.Errorf("tcpRR: got %+v, want round trips on %d connections with p99 >= p50 > 0", rr, conns)
 		}
+		if out := rr.output(); rr.WarmUp != 200*conns || out.Work != float64(rr.Count+200*conns) || rr.Latency.Count != rr.Count {
+			t.Errorf("tcpRR: warm-up %d, work %v, %d latencies for %d round trips; want 200 per connection, work their sum with the timed ones",
+				rr.WarmUp, out.Work, rr.Latency.Count, rr.Count)
+		}
 	}
 	crr, err := tcpCRR(l.Addr().String(), 200*time.Millisecond)
 	if err != nil {
 		t.Fatalf("tcpCRR: %v", err)
 	}
-	if crr.Connections == 0 || crr.Failed != 0 || crr.PerSecond <= 0 {
-		t.Errorf("tcpCRR: got %+v, want connections and no failures", crr)
+	if crr.Connections == 0 || crr.Failed != 0 || crr.PerSecond <= 0 || crr.WarmUpConnections != 50 || crr.Latency.Count != crr.Connections {
+		t.Errorf("tcpCRR: got %+v, want connections, 50 of them in the warm-up, and no failures", crr)
 	}
 	l.Close()
 	crr, err = tcpCRR(l.Addr().String(), 100*time.Millisecond)
@@ -415,8 +517,8 @@ func TestRunOneWarning(t *testing.T) {
 	h := &harness{kernel: &netNS{side: "kernel"}}
 	mk := func(v float64) benchCase {
 		return benchCase{Name: "w", Metrics: []metric{{Key: "per_s", Label: "connections", Higher: true}},
-			run: func(context.Context, *harness, *netNS) (map[string]float64, any, error) {
-				return map[string]float64{"per_s": v}, nil, warning("3 of 10 connections failed")
+			run: func(context.Context, *harness, *netNS) (runOutput, error) {
+				return runOutput{Values: map[string]float64{"per_s": v}}, warning("3 of 10 connections failed")
 			}}
 	}
 	r := h.runOne(context.Background(), mk(7), h.kernel, 1)
@@ -426,6 +528,26 @@ func TestRunOneWarning(t *testing.T) {
 	r = h.runOne(context.Background(), mk(0), h.kernel, 1)
 	if r.Warning != "" || !strings.Contains(r.Error, "connections figure is 0") || !strings.Contains(r.Error, "3 of 10") || r.Values != nil {
 		t.Errorf("got %+v, want an error naming the zero figure and the warning", r)
+	}
+}
+
+// A run records the work it did; a case that counts work and did none
+// failed (its parser found nothing).
+func TestRunOneWork(t *testing.T) {
+	h := &harness{kernel: &netNS{side: "kernel"}}
+	mk := func(work float64) benchCase {
+		return benchCase{Name: "w", Metrics: []metric{mGbps}, Work: &workBytes,
+			run: func(context.Context, *harness, *netNS) (runOutput, error) {
+				return runOutput{Values: map[string]float64{"gbps": 3}, Work: work}, nil
+			}}
+	}
+	r := h.runOne(context.Background(), mk(3e9), h.kernel, 1)
+	if r.Error != "" || r.Work == nil || *r.Work != 3e9 || r.DaemonCPUPerUnit != nil {
+		t.Errorf("got %+v, want work 3e9 and, on the kernel side, no CPU per unit", r)
+	}
+	r = h.runOne(context.Background(), mk(0), h.kernel, 1)
+	if !strings.Contains(r.Error, "no bytes received counted") || r.Values != nil || r.Work != nil {
+		t.Errorf("got %+v, want an error for the missing work", r)
 	}
 }
 
@@ -444,6 +566,7 @@ func TestCaseCommands(t *testing.T) {
 		"tcp-rr":        "uloop-bench _tcp-rr -duration T, against uloop-bench _echo-server",
 		"tcp-rr-16":     "uloop-bench _tcp-rr -duration T -conns 16, against uloop-bench _echo-server",
 		"tcp-crr":       "uloop-bench _tcp-crr -duration T, against uloop-bench _echo-server",
+		"tcp-idle":      "uloop-bench _tcp-idle -conns C (C is --idle-conns), in a namespace of its own with a fresh uloopd; uloopd's VmRSS before, and 2 s after all C are open",
 	}
 	if len(cases) != len(want) {
 		t.Errorf("got %d cases, want %d", len(cases), len(want))

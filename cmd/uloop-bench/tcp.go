@@ -27,28 +27,47 @@ const (
 	cmdEchoServer = "_echo-server"
 	cmdTCPRR      = "_tcp-rr"
 	cmdTCPCRR     = "_tcp-crr"
+
+	rrWarmUp  = 200 // untimed round trips on each `_tcp-rr` connection
+	crrWarmUp = 50  // untimed connections of `_tcp-crr`
 )
 
 // rrResult is what `_tcp-rr` prints: 1-byte request/response round trips on
 // one connection, or on several at once (each in its own goroutine, as a
 // connection pool of a database or cache client uses them).
 type rrResult struct {
-	Connections int            `json:"connections"`
-	Count       int            `json:"count"`
-	Seconds     float64        `json:"seconds"`
-	PerSecond   float64        `json:"per_second"`
-	Latency     latencySummary `json:"latency"`
+	Connections int `json:"connections"`
+	// Count is the round trips timed; WarmUp those of the warm-up before
+	// (rrWarmUp on each connection), which also crossed the path.
+	Count     int            `json:"count"`
+	WarmUp    int            `json:"warm_up_count"`
+	Seconds   float64        `json:"seconds"`
+	PerSecond float64        `json:"per_second"`
+	Latency   latencySummary `json:"latency"`
+}
+
+// output is a `_tcp-rr` run's figures; its work is every round trip the
+// client completed, the warm-up's too, as uloopd relayed them all.
+func (r rrResult) output() runOutput {
+	return runOutput{
+		Values: map[string]float64{"p50_us": r.Latency.P50US, "p99_us": r.Latency.P99US, "per_s": r.PerSecond},
+		Work:   float64(r.Count + r.WarmUp),
+		Raw:    r,
+	}
 }
 
 // crrResult is what `_tcp-crr` prints: connections each opened, used for one
 // 1-byte request/response and closed, one after the other.
 type crrResult struct {
-	Connections int            `json:"connections"`
-	Failed      int            `json:"failed"`
-	FirstError  string         `json:"first_error,omitempty"`
-	Seconds     float64        `json:"seconds"`
-	PerSecond   float64        `json:"per_second"`
-	Latency     latencySummary `json:"latency"` // connect to close
+	// Connections are those that succeeded in the timed part;
+	// WarmUpConnections those that succeeded in the warm-up before it.
+	Connections       int            `json:"connections"`
+	WarmUpConnections int            `json:"warm_up_connections"`
+	Failed            int            `json:"failed"`
+	FirstError        string         `json:"first_error,omitempty"`
+	Seconds           float64        `json:"seconds"`
+	PerSecond         float64        `json:"per_second"`
+	Latency           latencySummary `json:"latency"` // connect to close
 }
 
 // subcommand runs a hidden subcommand if args names one.
@@ -60,6 +79,11 @@ func subcommand(args []string) (handled bool, code int) {
 	switch args[0] {
 	case cmdEchoServer:
 		err = echoServer()
+	case cmdTCPIdle:
+		err = tcpIdleMain(args[1:])
+		if errors.Is(err, flag.ErrHelp) {
+			return true, 0
+		}
 	case cmdTCPRR, cmdTCPCRR:
 		fs := flag.NewFlagSet(args[0], flag.ContinueOnError)
 		addr := fs.String("addr", "", "server address")
@@ -163,7 +187,7 @@ func tcpRR(addr string, d time.Duration, conns int) (rrResult, error) {
 			return rrResult{}, err
 		}
 		b := []byte{'x'}
-		for range 200 {
+		for range rrWarmUp {
 			if err := roundTrip(c, b); err != nil {
 				return rrResult{}, fmt.Errorf("warm-up: %w", err)
 			}
@@ -206,6 +230,7 @@ func tcpRR(addr string, d time.Duration, conns int) (rrResult, error) {
 	return rrResult{
 		Connections: conns,
 		Count:       len(all),
+		WarmUp:      conns * rrWarmUp,
 		Seconds:     secs,
 		PerSecond:   float64(len(all)) / secs,
 		Latency:     summarizeDurations(all),
@@ -238,18 +263,17 @@ func tcpCRR(addr string, d time.Duration) (crrResult, error) {
 			r.FirstError = err.Error()
 		}
 	}
-	// Warm-up: 50 connections, not timed; their failures count all the
+	// Warm-up: crrWarmUp connections, not timed; their failures count all the
 	// same. Only a path on which none succeeds is an error.
-	ok := false
-	for range 50 {
+	for range crrWarmUp {
 		if err := one(); err != nil {
 			fail(err)
 		} else {
-			ok = true
+			r.WarmUpConnections++
 		}
 	}
-	if !ok {
-		return r, fmt.Errorf("warm-up: all 50 connections failed, first: %s", r.FirstError)
+	if r.WarmUpConnections == 0 {
+		return r, fmt.Errorf("warm-up: all %d connections failed, first: %s", crrWarmUp, r.FirstError)
 	}
 	samples := make([]time.Duration, 0, 1<<15)
 	start := time.Now()
