@@ -335,8 +335,8 @@ func (r *relay) handleTCP(req *tcp.ForwarderRequest) {
 	r.metrics.TCPConnectionsActive.Add(1)
 	r.wg.Add(2)
 	f.open.Store(2)
-	f.pipes[0] = tcpPipe{r: r, f: f, dst: f.b}
-	f.pipes[1] = tcpPipe{r: r, f: f, dst: f.a}
+	f.pipes[0] = tcpPipe{r: r, f: f, dst: f.b, rd: new(bytes.Reader)}
+	f.pipes[1] = tcpPipe{r: r, f: f, dst: f.a, rd: new(bytes.Reader)}
 	f.pipes[0].start(f.a, &f.pipes[0])
 	f.pipes[1].start(f.b, &f.pipes[1])
 }
@@ -403,7 +403,14 @@ type tcpPipe struct {
 	r   *relay
 	f   *tcpFlow
 	dst conn
-	rd  bytes.Reader
+	// rd hands the data to dst's Write. gVisor's TCP endpoint keeps the
+	// last reader it was given (its reusable io.LimitedReader points at
+	// it) for as long as the endpoint lives, TIME-WAIT included, so rd is
+	// an object of its own, not a field of the flow (which it then kept
+	// alive, both endpoints and all, for the second of TIME-WAIT after
+	// the flow had closed), and writeAll empties it after writing (or it
+	// would pin the relay's copy buffer it last pointed into).
+	rd *bytes.Reader
 }
 
 func (p *tcpPipe) drain() bool {
@@ -425,13 +432,13 @@ func (p *tcpPipe) drain() bool {
 		if rules := r.cfg.Impair.Active(); rules != nil {
 			if keep, rule := f.resetAfterBytes(rules, src, n); rule != nil {
 				f.stats.count(f.a, src, keep-n) // what is not relayed is not counted
-				writeAll(dst, (*bp)[:keep], &p.rd)
+				writeAll(dst, (*bp)[:keep], p.rd)
 				r.bufs.Put(bp)
 				r.resetFlow(f, rule, resetSettle)
 				return true
 			}
 		}
-		ok := writeAll(dst, (*bp)[:n], &p.rd)
+		ok := writeAll(dst, (*bp)[:n], p.rd)
 		r.bufs.Put(bp)
 		if !ok {
 			f.abort()
@@ -454,12 +461,13 @@ func (p *tcpPipe) finish() {
 	r.wg.Done()
 }
 
-// writeAll writes data into dst's send buffer, waiting for room as needed;
-// false means dst failed. It registers for dst's events only once dst is
-// full, so that an idle flow holds no waiter entry and channel for it, and
-// tries once more after registering: room made in between would otherwise
-// wake nobody.
+// writeAll writes data into dst's send buffer through rd, waiting for room
+// as needed; false means dst failed. It registers for dst's events only once
+// dst is full, so that an idle flow holds no waiter entry and channel for
+// it, and tries once more after registering: room made in between would
+// otherwise wake nobody. rd is empty again when it returns (see tcpPipe).
 func writeAll(dst conn, data []byte, rd *bytes.Reader) bool {
+	defer rd.Reset(nil)
 	var writable <-chan struct{}
 	for len(data) > 0 {
 		rd.Reset(data)
@@ -682,6 +690,7 @@ func (p *udpPipe) drain() bool {
 		if _, err := dst.ep.Write(&p.rd, tcpip.WriteOptions{}); err != nil {
 			r.metrics.DroppedPackets.Add(1)
 		}
+		p.rd.Reset(nil) // an idle flow pins no copy buffer
 		r.bufs.Put(bp)
 	}
 }

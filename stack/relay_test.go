@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"runtime"
 	"testing"
 	"time"
 
@@ -545,5 +546,81 @@ func TestFlows(t *testing.T) {
 	}
 	if len(s.Flows()) != 2 {
 		t.Errorf("Flows: got %v, want the two", s.Flows())
+	}
+}
+
+// TestClosedFlowIsFreed: once a relayed TCP connection has closed, nothing
+// the stack keeps holds on to the relay's flow. The mirrored endpoint,
+// which sent the first FIN to the server, stays in TIME-WAIT for a second,
+// and gVisor's TCP endpoint keeps the last reader given to its Write: a
+// reader inside the flow kept the flow, and the client-facing endpoint with
+// it, for as long as that.
+func TestClosedFlowIsFreed(t *testing.T) {
+	k := newFakeKernel(t, 65535)
+	s := newTestStack(t, k, Config{})
+	ln, err := gonet.ListenTCP(k.gv, addr4(127, 0, 0, 1, 8200), ipv4.ProtocolNumber)
+	if err != nil {
+		t.Fatalf("listen: %v", err)
+	}
+	defer ln.Close()
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		io.Copy(c, c) // echo until the client's FIN, then close
+	}()
+	c, err := gonet.DialTCP(k.gv, addr4(127, 0, 0, 1, 8200), ipv4.ProtocolNumber)
+	if err != nil {
+		t.Fatalf("dial: %v", err)
+	}
+	msg := make([]byte, 1000)
+	rand.Read(msg)
+	if _, err := c.Write(msg); err != nil {
+		t.Fatalf("write: %v", err)
+	}
+	if _, err := io.ReadFull(c, make([]byte, len(msg))); err != nil {
+		t.Fatalf("read the echo: %v", err)
+	}
+
+	freed := make(chan struct{})
+	mirror := func() tcpip.Endpoint { // the only flow; keeps no reference to it
+		s.relay.mu.Lock()
+		defer s.relay.mu.Unlock()
+		for fl := range s.relay.flows {
+			f := fl.(*tcpFlow)
+			// A cleanup, not a finalizer: the flow points at itself
+			// (its pumps run its own pipes), which keeps a finalizer
+			// from ever running.
+			runtime.AddCleanup(f, func(ch chan struct{}) { close(ch) }, freed)
+			return f.b.ep
+		}
+		return nil
+	}()
+	if mirror == nil {
+		t.Fatal("no relayed flow")
+	}
+	c.Close()
+	deadline := time.Now().Add(5 * time.Second)
+	for len(s.Flows()) > 0 || tcp.EndpointState(mirror.State()) != tcp.StateTimeWait {
+		if time.Now().After(deadline) {
+			t.Fatalf("flows %v, mirrored endpoint %v: want the flow closed and the endpoint in TIME-WAIT", s.Flows(), tcp.EndpointState(mirror.State()))
+		}
+		time.Sleep(time.Millisecond)
+	}
+	for i := 0; ; i++ {
+		runtime.GC()
+		select {
+		case <-freed:
+			if st := tcp.EndpointState(mirror.State()); st != tcp.StateTimeWait {
+				t.Logf("the mirrored endpoint left TIME-WAIT (%v) before the flow was seen freed", st)
+			}
+			return
+		case <-time.After(10 * time.Millisecond):
+		}
+		if i == 100 {
+			t.Fatalf("the closed flow is still reachable after %d collections, with the mirrored endpoint %v", i, tcp.EndpointState(mirror.State()))
+		}
 	}
 }
