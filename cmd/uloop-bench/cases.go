@@ -303,7 +303,7 @@ func (h *harness) runCases(ctx context.Context, rep *report) int {
 // one is not read around it.
 func (h *harness) runOne(ctx context.Context, c benchCase, n *netNS, rep int) runRecord {
 	rec := runRecord{Side: n.side, Rep: rep, Started: time.Now().UTC()}
-	var cpu0 time.Duration
+	var cpu0 cpuTimes
 	var cpuErr, rxErr error
 	var rx0 float64
 	shared := n == h.uloop && !c.UloopOnly // the shared uloopd carries the run
@@ -312,16 +312,16 @@ func (h *harness) runOne(ctx context.Context, c benchCase, n *netNS, rep int) ru
 			rec.Error = fmt.Sprintf("uloopd is no longer running: %v", h.daemon.exitErr())
 			return rec
 		}
-		cpu0, cpuErr = procCPU(h.daemon.p.Pid())
+		cpu0, cpuErr = procCPUTimes(h.daemon.p.Pid())
 		rx0, rxErr = h.tunPackets(ctx)
 	}
 	out, err := c.run(ctx, h, n)
 	rec.WallSeconds = time.Since(rec.Started).Seconds()
 	rec.Raw = out.Raw
 	if shared && cpuErr == nil {
-		if cpu1, err := procCPU(h.daemon.p.Pid()); err == nil {
-			s := (cpu1 - cpu0).Seconds()
-			rec.DaemonCPUSeconds = &s
+		if cpu1, err := procCPUTimes(h.daemon.p.Pid()); err == nil {
+			s, sys := (cpu1.total() - cpu0.total()).Seconds(), (cpu1.system - cpu0.system).Seconds()
+			rec.DaemonCPUSeconds, rec.DaemonSystemSeconds = &s, &sys
 		}
 	}
 	if shared && err == nil {

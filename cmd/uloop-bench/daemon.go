@@ -78,15 +78,33 @@ func (d *daemon) exitErr() error {
 
 // procCPU returns the user plus system CPU time that process pid has used.
 func procCPU(pid int) (time.Duration, error) {
+	t, err := procCPUTimes(pid)
+	return t.total(), err
+}
+
+// cpuTimes is a process's CPU time in user mode and in the kernel.
+type cpuTimes struct{ user, system time.Duration }
+
+func (t cpuTimes) total() time.Duration { return t.user + t.system }
+
+// procCPUTimes returns the user and the system CPU time process pid has
+// used, split as /proc/PID/stat counts them (utime and stime).
+func procCPUTimes(pid int) (cpuTimes, error) {
 	p, err := procfs.NewProc(pid)
 	if err != nil {
-		return 0, err
+		return cpuTimes{}, err
 	}
 	st, err := p.Stat()
 	if err != nil {
-		return 0, err
+		return cpuTimes{}, err
 	}
-	return time.Duration(st.CPUTime() * float64(time.Second)), nil
+	total := time.Duration(st.CPUTime() * float64(time.Second))
+	ticks := st.UTime + st.STime
+	if ticks == 0 {
+		return cpuTimes{}, nil
+	}
+	system := time.Duration(float64(total) * float64(st.STime) / float64(ticks))
+	return cpuTimes{user: total - system, system: system}, nil
 }
 
 // procRSS returns VmRSS: the memory process pid has resident now, in KiB.

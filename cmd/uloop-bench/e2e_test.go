@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"runtime"
 	"strings"
 	"syscall"
@@ -133,6 +134,9 @@ func TestQuickRunEndToEnd(t *testing.T) {
 			if r.Side == "uloop" && (r.DaemonCPUSeconds == nil || *r.DaemonCPUSeconds < 0 || r.DaemonTUNPackets == nil || *r.DaemonTUNPackets <= 0) {
 				t.Errorf("case %s, uloop run %d: uloopd CPU seconds %v, packets from ulo0 %v; want a figure and a positive count", c.Name, r.Rep, r.DaemonCPUSeconds, r.DaemonTUNPackets)
 			}
+			if r.Side == "uloop" && r.DaemonCPUSeconds != nil && (r.DaemonSystemSeconds == nil || *r.DaemonSystemSeconds < 0 || *r.DaemonSystemSeconds > *r.DaemonCPUSeconds+1e-9) {
+				t.Errorf("case %s, uloop run %d: uloopd system seconds %v of %v in all; want a part of it", c.Name, r.Rep, r.DaemonSystemSeconds, *r.DaemonCPUSeconds)
+			}
 		}
 		for _, r := range c.Runs {
 			if err := checkIperfMode(c.Name, r.Raw); err != nil {
@@ -146,8 +150,10 @@ func TestQuickRunEndToEnd(t *testing.T) {
 			if u := c.DaemonCPUPerUnit; c.WorkUnit == nil || c.WorkUnit.CPUUnit != bc.Work.CPUUnit || u.N != 1 || u.Median < 0 {
 				t.Errorf("case %s: work unit %+v, CPU per unit %+v; want %q and one figure", c.Name, c.WorkUnit, u, bc.Work.CPUUnit)
 			}
-			if row := "| CPU per run, " + bc.Name + " | "; !strings.Contains(md, row) || !strings.Contains(md[strings.Index(md, row):], " "+bc.Work.CPUUnit+" |") {
-				t.Errorf("case %s: no row %q ending in %q in the Markdown", c.Name, row, bc.Work.CPUUnit)
+			row := "| CPU per run, " + bc.Name + " | "
+			line, _, _ := strings.Cut(md[max(strings.Index(md, row), 0):], "\n")
+			if !strings.HasPrefix(line, row) || !regexp.MustCompile(` `+regexp.QuoteMeta(bc.Work.CPUUnit)+`( \([^)]*\))?; \d+% in the kernel \|$`).MatchString(line) {
+				t.Errorf("case %s: row %q, want one with %q and the kernel's share", c.Name, line, bc.Work.CPUUnit)
 			}
 		}
 		if sides["kernel"] != 1 || sides["uloop"] != 1 {

@@ -220,6 +220,10 @@ func TestProcFigures(t *testing.T) {
 	if d := cpu1 - cpu0; err != nil || d < 80*time.Millisecond || d > 500*time.Millisecond {
 		t.Errorf("CPU time over a busy loop of 100 ms of CPU: grew by %v (%v), want about 100ms", d, err)
 	}
+	// The split: a busy loop runs in user mode.
+	if ct, err := procCPUTimes(os.Getpid()); err != nil || ct.user < 80*time.Millisecond || ct.system < 0 || ct.total() < cpu1 {
+		t.Errorf("user and system CPU time: %+v (%v), want user at least the loop's 80 ms and a total of at least %v", ct, err, cpu1)
+	}
 	if kib, err := procPeakRSS(os.Getpid()); err != nil || kib < 1024 || kib > 64<<20 {
 		t.Errorf("peak RSS: got %d KiB (%v), want a few MiB", kib, err)
 	}

@@ -103,6 +103,9 @@ type caseRecord struct {
 	// it, in WorkUnit.CPUUnit.
 	WorkUnit         *workUnit `json:"work_unit,omitempty"`
 	DaemonCPUPerUnit spread    `json:"uloopd_cpu_per_unit"`
+	// DaemonSystemShare is the share of uloopd's CPU spent in the kernel
+	// per uloop run, 0 to 1.
+	DaemonSystemShare spread `json:"uloopd_system_share"`
 }
 
 // runRecord is one run of one case on one side.
@@ -116,6 +119,10 @@ type runRecord struct {
 	// (bytes received, round trips, ...), as the tool counted it.
 	Work             *float64 `json:"work,omitempty"`
 	DaemonCPUSeconds *float64 `json:"uloopd_cpu_seconds,omitempty"`
+	// DaemonSystemSeconds is the part of DaemonCPUSeconds spent in the
+	// kernel (stime): uloopd's system calls, which on a TUN include the
+	// copies in and out and the peer's receive path and wake-up.
+	DaemonSystemSeconds *float64 `json:"uloopd_system_seconds,omitempty"`
 	// DaemonCPUPerUnit is DaemonCPUSeconds over Work, in the case's
 	// work_unit.cpu_unit (s per GB, µs per round trip, ...).
 	DaemonCPUPerUnit *float64 `json:"uloopd_cpu_per_unit,omitempty"`
@@ -186,10 +193,13 @@ func (c *caseRecord) summarize() {
 			Ratio:      spreadOf(rs),
 		}
 	}
-	var perUnit []float64
+	var perUnit, sysShare []float64
 	for _, r := range c.Runs {
 		if r.Side == "uloop" && r.DaemonCPUSeconds != nil {
 			cpu = append(cpu, *r.DaemonCPUSeconds)
+			if r.DaemonSystemSeconds != nil && *r.DaemonCPUSeconds > 0 {
+				sysShare = append(sysShare, *r.DaemonSystemSeconds / *r.DaemonCPUSeconds)
+			}
 		}
 		if r.Side == "uloop" && r.DaemonCPUPerUnit != nil && r.Error == "" {
 			perUnit = append(perUnit, *r.DaemonCPUPerUnit)
@@ -197,6 +207,7 @@ func (c *caseRecord) summarize() {
 	}
 	c.DaemonCPU = spreadOf(cpu)
 	c.DaemonCPUPerUnit = spreadOf(perUnit)
+	c.DaemonSystemShare = spreadOf(sysShare)
 }
 
 func pick(xs []float64, ok []bool) []float64 {
@@ -298,7 +309,8 @@ func (r *report) markdown() string {
 		b.WriteString("\nCPU per run: the median over the uloop runs, and its share of one core over their wall time. " +
 			"After it, uloopd's CPU per unit of the work each run did, median (min–max) over the uloop runs: " +
 			"per GB received by iperf3's receiver (1 GB = 10^9 bytes), per round trip or connection the Go client completed (its warm-up included), " +
-			"per echo reply ping received. Lower is better; it is the figure to compare two uloopd builds with (`--uloopd`).\n")
+			"per echo reply ping received. Lower is better; it is the figure to compare two uloopd builds with (`--uloopd`). " +
+			"Last, the median share of that CPU spent in the kernel (stime): uloopd's system calls, which on a TUN carry the copies in and out and the peer's receive path and wake-up, work kernel lo does in the sender's own system call.\n")
 	}
 	if len(r.Warnings) > 0 {
 		fmt.Fprintf(&b, "\n**Warning**: %d run(s) saw what a loopback never does; their figures are in the table:\n\n", len(r.Warnings))
@@ -338,6 +350,9 @@ func (c *caseRecord) daemonCPURow() string {
 		if u.N > 1 {
 			cell += fmt.Sprintf(" (%s–%s)", fmtSig3(u.Min), fmtSig3(u.Max))
 		}
+	}
+	if c.DaemonSystemShare.N > 0 {
+		cell += fmt.Sprintf("; %.0f%% in the kernel", 100*c.DaemonSystemShare.Median)
 	}
 	return fmt.Sprintf("| CPU per run, %s | %s |\n", c.Name, cell)
 }

@@ -229,6 +229,18 @@ func TestSummarizeCPUPerUnit(t *testing.T) {
 	if got, want := one.daemonCPURow(), "| CPU per run, tcp-1 | 4.56 s (91% of one core) |\n"; got != want {
 		t.Errorf("no work unit:\ngot  %q\nwant %q", got, want)
 	}
+	// The kernel's share: the median over the runs of stime / (utime+stime).
+	sys := &caseRecord{Name: "tcp-1", WorkUnit: &workBytes}
+	for _, r := range [][2]float64{{4, 2}, {5, 3}, {4, 1}} {
+		sys.Runs = append(sys.Runs, runRecord{Side: "uloop", WallSeconds: 5, DaemonCPUSeconds: f(r[0]), DaemonSystemSeconds: f(r[1]), DaemonCPUPerUnit: f(r[0] / 5)})
+	}
+	sys.summarize()
+	if want := (spread{N: 3, Median: 0.5, Min: 0.25, Max: 0.6}); sys.DaemonSystemShare != want {
+		t.Errorf("kernel share: got %+v, want %+v", sys.DaemonSystemShare, want)
+	}
+	if got, want := sys.daemonCPURow(), "| CPU per run, tcp-1 | 4.00 s (80% of one core); 0.800 s per GB (0.800–1.00); 50% in the kernel |\n"; got != want {
+		t.Errorf("kernel share row:\ngot  %q\nwant %q", got, want)
+	}
 	if got := (&caseRecord{Name: "none"}).daemonCPURow(); got != "" {
 		t.Errorf("no uloop run: got row %q, want none", got)
 	}
