@@ -330,19 +330,8 @@ func TestInterrupt(t *testing.T) {
 	dir := buildBench(t)
 	for _, sig := range []syscall.Signal{syscall.SIGINT, syscall.SIGTERM} {
 		t.Run(sig.String(), func(t *testing.T) {
-			cmd := exec.Command(filepath.Join(dir, "uloop-bench"), "--quick", "--out", filepath.Join(dir, "out-"+sig.String()))
-			var stdout, stderr netns.Output
-			cmd.Stdout, cmd.Stderr = &stdout, &stderr
-			if err := cmd.Start(); err != nil {
-				t.Fatal(err)
-			}
-			done := make(chan error, 1)
-			go func() { done <- cmd.Wait() }()
-			defer func() {
-				cmd.Process.Kill()
-				<-done
-			}()
-			pid := cmd.Process.Pid
+			b := startBench(t, dir, "--quick", "--out", filepath.Join(dir, "out-"+sig.String()))
+			pid, stderr := b.cmd.Process.Pid, &b.stderr
 
 			// Wait until the first uloop run has iperf3's server and
 			// client running next to uloopd, noting the processes in
@@ -375,19 +364,7 @@ func TestInterrupt(t *testing.T) {
 			if len(inside) < 3 {
 				t.Errorf("processes in the namespaces before %v: got %v, want uloopd and iperf3's two", sig, inside)
 			}
-			if err := cmd.Process.Signal(sig); err != nil {
-				t.Fatal(err)
-			}
-			select {
-			case err = <-done:
-				done <- err // for the deferred Wait
-			case <-time.After(30 * time.Second):
-				t.Fatalf("still running 30 s after %v; stderr:\n%s", sig, stderr.String())
-			}
-			var ee *exec.ExitError
-			if !errors.As(err, &ee) || ee.ExitCode() != 130 {
-				t.Errorf("exit: got %v, want status 130", err)
-			}
+			b.interrupt(t, sig)
 			if !strings.Contains(stderr.String(), "interrupted") {
 				t.Errorf("stderr does not say it was interrupted:\n%s", stderr.String())
 			}
@@ -404,19 +381,8 @@ func TestInterrupt(t *testing.T) {
 // namespace and its processes go too.
 func TestInterruptIdle(t *testing.T) {
 	dir := buildBench(t)
-	cmd := exec.Command(filepath.Join(dir, "uloop-bench"), "--cases", "tcp-idle", "--runs", "1", "--idle-conns", "500", "--out", filepath.Join(dir, "out-idle"))
-	var stdout, stderr netns.Output
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
-	defer func() {
-		cmd.Process.Kill()
-		<-done
-	}()
-	pid := cmd.Process.Pid
+	b := startBench(t, dir, "--cases", "tcp-idle", "--runs", "1", "--idle-conns", "500", "--out", filepath.Join(dir, "out-idle"))
+	pid, stderr := b.cmd.Process.Pid, &b.stderr
 	idleNS := fmt.Sprintf("ulb-%d-idle1", pid)
 
 	// Wait for the fresh uloopd and `_tcp-idle` in tcp-idle's namespace.
@@ -437,25 +403,55 @@ func TestInterruptIdle(t *testing.T) {
 	if err != nil {
 		t.Fatalf("waiting for uloopd and %s in %s: %v; processes: %v; stderr:\n%s", cmdTCPIdle, idleNS, err, inside, stderr.String())
 	}
-	if err := cmd.Process.Signal(syscall.SIGINT); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case err = <-done:
-		done <- err
-	case <-time.After(30 * time.Second):
-		t.Fatalf("still running 30 s after SIGINT; stderr:\n%s", stderr.String())
-	}
-	var ee *exec.ExitError
-	if !errors.As(err, &ee) || ee.ExitCode() != 130 {
-		t.Errorf("exit: got %v, want status 130", err)
-	}
+	b.interrupt(t, syscall.SIGINT)
 	checkGone(t, dir, pid, inside)
 	if _, err := os.Stat(filepath.Join(netns.Dir, idleNS)); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("%s: got %v, want it deleted", idleNS, err)
 	}
 	if t.Failed() {
 		t.Logf("stderr:\n%s", stderr.String())
+	}
+}
+
+// benchProcess is the bench binary running in the background for a test.
+type benchProcess struct {
+	cmd            *exec.Cmd
+	stdout, stderr netns.Output
+	done           chan error // cmd.Wait's result, put back by whoever takes it
+}
+
+// startBench starts dir's uloop-bench with args; the test's cleanup kills
+// and reaps it.
+func startBench(t *testing.T, dir string, args ...string) *benchProcess {
+	b := &benchProcess{cmd: exec.Command(filepath.Join(dir, "uloop-bench"), args...), done: make(chan error, 1)}
+	b.cmd.Stdout, b.cmd.Stderr = &b.stdout, &b.stderr
+	if err := b.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { b.done <- b.cmd.Wait() }()
+	t.Cleanup(func() {
+		b.cmd.Process.Kill()
+		b.done <- <-b.done
+	})
+	return b
+}
+
+// interrupt sends sig and checks that the bench exits with status 130
+// within 30 s.
+func (b *benchProcess) interrupt(t *testing.T, sig os.Signal) {
+	if err := b.cmd.Process.Signal(sig); err != nil {
+		t.Fatal(err)
+	}
+	var err error
+	select {
+	case err = <-b.done:
+		b.done <- err // for the cleanup
+	case <-time.After(30 * time.Second):
+		t.Fatalf("still running 30 s after %v; stderr:\n%s", sig, b.stderr.String())
+	}
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 130 {
+		t.Errorf("exit: got %v, want status 130", err)
 	}
 }
 
