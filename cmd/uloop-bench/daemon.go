@@ -76,12 +76,6 @@ func (d *daemon) exitErr() error {
 	return fmt.Errorf("uloopd: %v; its log:\n%s", d.p.Wait(), d.log.Tail(20))
 }
 
-// procCPU returns the user plus system CPU time that process pid has used.
-func procCPU(pid int) (time.Duration, error) {
-	t, err := procCPUTimes(pid)
-	return t.total(), err
-}
-
 // cpuTimes is a process's CPU time in user mode and in the kernel.
 type cpuTimes struct{ user, system time.Duration }
 

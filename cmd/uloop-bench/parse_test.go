@@ -208,13 +208,14 @@ func TestProcFigures(t *testing.T) {
 		}
 		return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 	}
-	cpu0, err := procCPU(os.Getpid())
+	ct0, err := procCPUTimes(os.Getpid())
 	if err != nil {
 		t.Fatal(err)
 	}
 	for ru0 := rusageCPU(); rusageCPU()-ru0 < 100*time.Millisecond; {
 	}
-	cpu1, err := procCPU(os.Getpid())
+	ct1, err := procCPUTimes(os.Getpid())
+	cpu0, cpu1 := ct0.total(), ct1.total()
 	// procfs counts in 10 ms ticks, and other goroutines of the test
 	// binary may burn a little too.
 	if d := cpu1 - cpu0; err != nil || d < 80*time.Millisecond || d > 500*time.Millisecond {
